@@ -1,0 +1,1 @@
+"""Singer tap for Marketo activities through the Bulk Activity Extract API."""

@@ -1,0 +1,3 @@
+from tap_marketo_activities.tap import main
+
+main()

@@ -1,0 +1,359 @@
+"""Marketo HTTP: authentication, the response envelope, error codes, pacing and retries.
+
+This module knows nothing of Singer. Every Marketo error code is mapped in `_raise_for_code`,
+and every retry goes through the one policy in `MarketoClient._send`.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import backoff
+import requests
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TOKEN_MARGIN_SECONDS = 120  # refresh this long before Marketo says the token expires
+MARKETO_CALLS_PER_WINDOW = 100
+MARKETO_WINDOW_SECONDS = 20.0
+MARKETO_CONCURRENT_CALLS = 10
+TRANSIENT_CODES = {"604", "608", "611", "713"}
+
+
+class MarketoError(Exception):
+    """A Marketo call failed. `str()` is one line meant for the person reading the log."""
+
+    code: str | None = None
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RetriableError(MarketoError):
+    """Transient: the same call may succeed later (5xx, 604/608/611/713/615, resets)."""
+
+
+class RateLimited(RetriableError):
+    """606: the rolling 20-second window is full."""
+
+
+class TokenExpired(RetriableError):
+    """601/602: get a new token and try again."""
+
+
+class FatalError(MarketoError):
+    """Retrying will not help: configuration, permissions, or a bug."""
+
+
+class CredentialsRefused(FatalError):
+    pass
+
+
+class QuotaExhausted(MarketoError):
+    """607 or the 500 MB export quota: stop cleanly and resume after midnight US Central."""
+
+
+class QueueFull(MarketoError):
+    """1029 "Too many jobs in queue": the instance's export queue has no room now."""
+
+
+class JobAlreadyQueued(MarketoError):
+    """1029 "Job already queued": the enqueue we are retrying did happen."""
+
+
+class FileNotReady(MarketoError):
+    """HTTP 404 on file.json: not ready yet, or gone after the retention period."""
+
+
+def _raise_for_code(code: str, message: str) -> None:
+    text = f"Marketo error {code}: {message}"
+    if code in ("601", "602"):
+        raise TokenExpired(text, code)
+    if code == "606":
+        raise RateLimited(text, code)
+    if code in TRANSIENT_CODES or code == "615":
+        raise RetriableError(text, code)
+    if code == "607":
+        raise QuotaExhausted(
+            "Marketo's daily API call quota (607) is used up. It resets at midnight US "
+            "Central time; run the tap again after that and it resumes from its state.",
+            code,
+        )
+    if code == "603":
+        raise FatalError(
+            f"{text}. The API user lacks a permission: it needs 'Read-Only Activity' (or "
+            "'Read-Write Activity'), and the instance's IP allow-list must admit this host.",
+            code,
+        )
+    if code == "1029":
+        lowered = message.lower()
+        if "quota" in lowered:
+            raise QuotaExhausted(
+                f"Marketo's daily bulk export quota is used up ({message}). It resets at "
+                "midnight US Central time; run the tap again after that and it resumes "
+                "from its state.",
+                code,
+            )
+        if "already queued" in lowered:
+            raise JobAlreadyQueued(text, code)
+        raise QueueFull(text, code)
+    raise FatalError(text, code)
+
+
+class Pacer:
+    """Keeps this process under a share of Marketo's call limits, which other tools of the
+    same instance also use: calls per rolling 20 s, and calls in flight."""
+
+    def __init__(self, share: float = 0.8, clock: Any = time.monotonic) -> None:
+        self.per_window = max(1, int(MARKETO_CALLS_PER_WINDOW * share))
+        self.in_flight_limit = max(1, int(MARKETO_CONCURRENT_CALLS * share))
+        self._clock = clock
+        self._sent: collections.deque[float] = collections.deque()
+        self._in_flight = 0
+        self._blocked_until = 0.0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._cond:
+            while (wait := self._wait_needed()) > 0:
+                self._cond.wait(timeout=wait)
+            self._in_flight += 1
+            self._sent.append(self._clock())
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+                self._cond.notify_all()
+
+    def _wait_needed(self) -> float:
+        now = self._clock()
+        while self._sent and now - self._sent[0] >= MARKETO_WINDOW_SECONDS:
+            self._sent.popleft()
+        if now < self._blocked_until:
+            return self._blocked_until - now
+        if len(self._sent) >= self.per_window:
+            return MARKETO_WINDOW_SECONDS - (now - self._sent[0]) + 0.01
+        if self._in_flight >= self.in_flight_limit:
+            return 0.5
+        return 0.0
+
+    def back_off_window(self) -> None:
+        """After a 606 someone else used the window: wait it out before the next call."""
+        with self._cond:
+            self._blocked_until = self._clock() + MARKETO_WINDOW_SECONDS
+            logger.info("Rate limit reached (606): waiting %.0f s for Marketo's 20-second "
+                        "window to clear.", MARKETO_WINDOW_SECONDS)
+
+
+class Redactor:
+    """Removes the client secret and access tokens from any text that may reach a log."""
+
+    def __init__(self, *secrets: str) -> None:
+        self._secrets = [s for s in secrets if s]
+
+    def add(self, secret: str) -> None:
+        if secret and secret not in self._secrets:
+            self._secrets.append(secret)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def _log_retry(details: Mapping[str, Any]) -> None:
+    error = details.get("exception")
+    method, path = details["args"][:2]
+    logger.warning("Retrying %s %s in %.1f s (attempt %d): %s", method, path,
+                   details.get("wait", 0.0), details["tries"], error)
+
+
+class MarketoClient:
+    """Marketo REST and Bulk calls with the token, pacing and retry policy applied."""
+
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        timeout: tuple[float, float] = (10.0, 120.0),
+        max_retry_seconds: float = 300.0,
+        pacer: Pacer | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self.timeout = timeout
+        self.max_retry_seconds = max_retry_seconds
+        self.pacer = pacer or Pacer()
+        self.redact = Redactor(client_secret)
+        self._token: str | None = None
+        self._token_expires_at = 0.0
+        self._token_lock = threading.Lock()
+        self._local = threading.local()
+        self.calls = 0
+
+    @property
+    def session(self) -> requests.Session:
+        # One session per thread: requests does not promise a shared one is thread-safe.
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    # -- authentication -----------------------------------------------------------------
+
+    def token(self) -> str:
+        with self._token_lock:
+            if self._token is None or time.monotonic() >= self._token_expires_at:
+                self._fetch_token()
+            assert self._token is not None
+            return self._token
+
+    def _forget_token(self, stale: str) -> None:
+        with self._token_lock:
+            if self._token == stale:
+                self._token = None
+
+    def _fetch_token(self) -> None:
+        params = {"grant_type": "client_credentials", "client_id": self._client_id,
+                  "client_secret": self._client_secret}
+        try:
+            response = self.session.get(f"{self.base_url}/identity/oauth/token", params=params,
+                                        timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise RetriableError(self.redact(f"Identity call failed: {exc}")) from None
+        if response.status_code in (400, 401, 403):
+            raise CredentialsRefused(
+                f"Marketo refused the credentials (HTTP {response.status_code} from "
+                f"{self.base_url}/identity). Check client_id and client_secret in Admin > "
+                "LaunchPoint > View Details of the API service."
+            )
+        if response.status_code >= 500:
+            raise RetriableError(f"Identity call answered HTTP {response.status_code}")
+        try:
+            body = response.json()
+            token = body["access_token"]
+            expires_in = float(body.get("expires_in", 3600))
+        except (ValueError, KeyError):
+            raise FatalError(
+                f"The identity endpoint at {self.base_url} did not answer like Marketo "
+                f"(HTTP {response.status_code}). Is base_url your REST endpoint?"
+            ) from None
+        self.redact.add(token)
+        margin = min(TOKEN_MARGIN_SECONDS, expires_in / 4)
+        self._token = token
+        self._token_expires_at = time.monotonic() + max(0.0, expires_in - margin)
+
+    # -- calls --------------------------------------------------------------------------
+
+    def get(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return self._send("GET", path, params=params)
+
+    def post(self, path: str, body: Any = None) -> dict[str, Any]:
+        return self._send("POST", path, body=body)
+
+    def result(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        """The first item of `result`, which is how every export call answers."""
+        envelope = self._send(method, path, body=body)
+        items = envelope.get("result") or [{}]
+        return items[0]
+
+    def _send(self, method: str, path: str, params: Mapping[str, Any] | None = None,
+              body: Any = None) -> dict[str, Any]:
+        return self._with_retries(self._send_once, method, path, params, body)
+
+    def _with_retries(self, call: Callable[..., T], method: str, path: str, *args: Any) -> T:
+        """The one retry policy: exponential backoff with full jitter, capped per wait and
+        in total; then one clear failure."""
+        retrying = backoff.on_exception(
+            backoff.expo,
+            RetriableError,
+            max_time=self.max_retry_seconds,
+            factor=0.5,
+            max_value=30,
+            jitter=backoff.full_jitter,
+            on_backoff=_log_retry,
+        )(call)
+        try:
+            return retrying(method, path, *args)
+        except RetriableError as exc:
+            raise FatalError(
+                f"{exc} (still failing after {self.max_retry_seconds:.0f} s of retries on "
+                f"{method} {path}). Marketo or the network is having trouble: run again later."
+            ) from None
+
+    def _send_once(self, method: str, path: str, params: Mapping[str, Any] | None,
+                   body: Any) -> dict[str, Any]:
+        response = self._call(method, path, params=params, json_body=body)
+        try:
+            envelope = response.json()
+        except ValueError:
+            raise RetriableError(
+                f"{method} {path} answered HTTP {response.status_code} with no JSON"
+            ) from None
+        self._check_envelope(envelope, response)
+        return envelope
+
+    def open_file(self, path: str, first_byte: int = 0) -> requests.Response:
+        """A streaming response for a raw export file, from `first_byte` on (HTTP Range).
+        Retries like every other call; a 404 raises FileNotReady for the caller to decide."""
+        return self._with_retries(self._open_file_once, "GET", path, first_byte)
+
+    def _open_file_once(self, method: str, path: str, first_byte: int) -> requests.Response:
+        headers = {"Range": f"bytes={first_byte}-"} if first_byte else {}
+        response = self._call(method, path, headers=headers, stream=True)
+        if response.status_code == 404:
+            response.close()
+            raise FileNotReady(f"{path} answered 404: the file is not there")
+        if "json" in response.headers.get("Content-Type", ""):
+            envelope = response.json()
+            self._check_envelope(envelope, response)
+        return response
+
+    def _call(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+              json_body: Any = None, headers: Mapping[str, str] | None = None,
+              stream: bool = False) -> requests.Response:
+        token = self.token()
+        all_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
+        with self.pacer.slot():
+            self.calls += 1
+            try:
+                response = self.session.request(
+                    method, f"{self.base_url}{path}", params=params, json=json_body,
+                    headers=all_headers, timeout=self.timeout, stream=stream,
+                )
+            except requests.RequestException as exc:
+                raise RetriableError(self.redact(f"{method} {path}: {type(exc).__name__}: "
+                                                 f"{exc}")) from None
+        if response.status_code >= 500 or response.status_code == 429:
+            response.close()
+            raise RetriableError(f"{method} {path} answered HTTP {response.status_code}")
+        if response.status_code in (401, 403) and not stream:
+            self._forget_token(token)
+            raise TokenExpired(f"{method} {path} answered HTTP {response.status_code}")
+        response.token = token  # type: ignore[attr-defined]
+        return response
+
+    def _check_envelope(self, envelope: Any, response: requests.Response) -> None:
+        if not isinstance(envelope, dict) or envelope.get("success", True):
+            return
+        errors = envelope.get("errors") or [{"code": "unknown", "message": json.dumps(envelope)}]
+        code = str(errors[0].get("code"))
+        message = self.redact(str(errors[0].get("message", "")))
+        if code in ("601", "602"):
+            self._forget_token(getattr(response, "token", ""))
+        if code == "606":
+            self.pacer.back_off_window()
+        _raise_for_code(code, message)

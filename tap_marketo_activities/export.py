@@ -1,0 +1,286 @@
+"""One bulk export job's life, "the paginator": create, enqueue, poll, download the file.
+
+A job is created here (`ExportJob._create`), waits for room in the queue, is polled with a
+growing interval, and its file is downloaded with Range resume and a sha256 check.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tap_marketo_activities.client import (
+    FatalError,
+    FileNotReady,
+    JobAlreadyQueued,
+    MarketoClient,
+    QueueFull,
+)
+from tap_marketo_activities.settings import isoformat
+
+logger = logging.getLogger(__name__)
+
+EXPORT_PATH = "/bulk/v1/activities/export"
+DEFAULT_FIELDS = ("marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
+                  "primaryAttributeValueId", "primaryAttributeValue", "attributes")
+FIRST_POLL_SECONDS = 3.0
+POLL_GROWTH = 1.5
+QUEUE_FULL_WAIT_SECONDS = 30.0
+FILE_NOT_READY_TRIES = 6  # Marketo has said Completed a moment before the file was there
+DOWNLOAD_RESUMES = 20
+CHECKSUM_ATTEMPTS = 3
+CHUNK_BYTES = 1 << 20
+
+
+class Stopped(Exception):
+    """The sync is stopping (signal or another job's fatal error); the job was cancelled."""
+
+
+class JobFailed(FatalError):
+    """A window's job Failed, was Cancelled by someone else, or timed out, too often."""
+
+
+class FileGone(FatalError):
+    """The export's file is no longer served (retention passed): the window needs a new job."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What one export job asks for."""
+
+    start: dt.datetime
+    end: dt.datetime
+    type_ids: tuple[int, ...]
+    fields: tuple[str, ...] = DEFAULT_FIELDS
+    export_format: str = "CSV"
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "format": self.export_format,
+            "fields": list(self.fields),
+            "filter": {
+                "createdAt": {"startAt": isoformat(self.start), "endAt": isoformat(self.end)},
+                "activityTypeIds": list(self.type_ids),
+            },
+        }
+
+    @property
+    def label(self) -> str:
+        return (f"window {isoformat(self.start)} .. {isoformat(self.end)} "
+                f"({len(self.type_ids)} types)")
+
+
+@dataclass(frozen=True)
+class JobTimings:
+    poll_interval: float = 60.0
+    job_timeout: float = 3 * 3600
+    max_attempts: int = 3
+
+
+@dataclass
+class CompletedExport:
+    export_id: str
+    path: Path
+    records: int
+    file_size: int
+    story: list[str] = field(default_factory=list)
+
+
+class ExportJob:
+    """Runs one JobSpec to a verified file on disk, retrying what can be retried."""
+
+    def __init__(self, client: MarketoClient, spec: JobSpec, workdir: Path, timings: JobTimings,
+                 stop: threading.Event, export_id: str | None = None) -> None:
+        self.client = client
+        self.spec = spec
+        self.workdir = workdir
+        self.timings = timings
+        self.stop = stop
+        self.export_id = export_id  # set: re-attach to a job of an earlier run
+        self.story: list[str] = []
+        self.status = "New"
+
+    def run(self) -> CompletedExport:
+        failures = 0
+        timeouts = 0
+        while True:
+            if self.export_id is None:
+                self.export_id = self._create()
+            outcome, status = self._follow(self.export_id)
+            if outcome == "Completed":
+                try:
+                    return self._download(self.export_id, status)
+                except FileGone:
+                    self._note("file gone (past Marketo's retention): creating a new job")
+                    self.export_id = None
+                    continue
+            if outcome == "Timeout":
+                timeouts += 1
+                self._cancel(self.export_id)
+                if timeouts > 1:
+                    raise JobFailed(self._failure(f"not Completed within "
+                                                  f"{self.timings.job_timeout:.0f} s, twice"))
+            else:
+                failures += 1
+                if failures >= self.timings.max_attempts:
+                    raise JobFailed(self._failure(f"{outcome} {failures} times"))
+            self.export_id = None
+
+    # -- steps --------------------------------------------------------------------------
+
+    def _create(self) -> str:
+        self._check_stop()
+        job = self.client.result("POST", f"{EXPORT_PATH}/create.json", self.spec.body())
+        export_id = str(job["exportId"])
+        self.status = "Created"
+        self._note(f"created {export_id}")
+        return export_id
+
+    def _follow(self, export_id: str) -> tuple[str, dict[str, Any]]:
+        """Enqueue if needed, then poll until a final status or the timeout."""
+        status = self._poll(export_id)
+        if status.get("status") == "Created":
+            self._enqueue(export_id)
+        deadline = time.monotonic() + self.timings.job_timeout
+        wait = min(FIRST_POLL_SECONDS, self.timings.poll_interval)
+        while True:
+            state = status.get("status", "")
+            if state in ("Completed", "Failed", "Cancelled"):
+                if state != "Completed":
+                    self._note(f"{state}: {status.get('errorMsg', 'no reason given')}")
+                return state, status
+            if time.monotonic() >= deadline:
+                self._note(f"still {state} after {self.timings.job_timeout:.0f} s")
+                return "Timeout", status
+            self._sleep(wait)
+            wait = min(wait * POLL_GROWTH, self.timings.poll_interval)
+            status = self._poll(export_id)
+
+    def _enqueue(self, export_id: str) -> None:
+        while True:
+            self._check_stop()
+            try:
+                self.client.result("POST", f"{EXPORT_PATH}/{export_id}/enqueue.json")
+                break
+            except JobAlreadyQueued:
+                break
+            except QueueFull:
+                wait = min(QUEUE_FULL_WAIT_SECONDS, max(self.timings.poll_interval, 1.0))
+                logger.info("Export queue full (other jobs of the instance): retrying enqueue "
+                            "of %s in %.0f s.", self.spec.label, wait)
+                self._sleep(wait)
+        self.status = "Queued"
+        self._note("queued")
+
+    def _poll(self, export_id: str) -> dict[str, Any]:
+        status = self.client.result("GET", f"{EXPORT_PATH}/{export_id}/status.json")
+        state = status.get("status", "")
+        if state != self.status:
+            self.status = state
+            self._note(state.lower())
+        return status
+
+    def _cancel(self, export_id: str) -> None:
+        try:
+            self.client.result("POST", f"{EXPORT_PATH}/{export_id}/cancel.json")
+            self._note("cancelled")
+        except Exception as exc:  # cancelling is best effort on the way out
+            logger.warning("Could not cancel export %s: %s", export_id, exc)
+
+    def cancel_if_running(self) -> None:
+        if self.export_id and self.status in ("Created", "Queued", "Processing"):
+            self._cancel(self.export_id)
+            self.status = "Cancelled"
+
+    # -- download -----------------------------------------------------------------------
+
+    def _download(self, export_id: str, status: dict[str, Any]) -> CompletedExport:
+        path = self.workdir / f"{export_id}.{self.spec.export_format.lower()}"
+        expected = str(status.get("fileChecksum", "")).removeprefix("sha256:").lower()
+        size = status.get("fileSize")
+        for attempt in range(1, CHECKSUM_ATTEMPTS + 1):
+            digest = self._fetch(export_id, path, size)
+            if not expected or digest == expected:
+                self._note(f"downloaded {path.stat().st_size} bytes, "
+                           f"{status.get('numberOfRecords', '?')} records")
+                return CompletedExport(export_id, path, int(status.get("numberOfRecords", 0)),
+                                       path.stat().st_size, self.story)
+            logger.warning("Export %s: sha256 of the file does not match Marketo's "
+                           "fileChecksum (attempt %d of %d): downloading it again.",
+                           export_id, attempt, CHECKSUM_ATTEMPTS)
+        path.unlink(missing_ok=True)
+        raise FatalError(f"Export {export_id} ({self.spec.label}): the file never matched its "
+                         f"checksum in {CHECKSUM_ATTEMPTS} downloads. Run again later.")
+
+    def _fetch(self, export_id: str, path: Path, size: int | None) -> str:
+        """Download to `path`, resuming with Range after a break. Returns the sha256."""
+        hasher = hashlib.sha256()
+        received = 0
+        breaks = 0
+        not_ready = 0
+        url = f"{EXPORT_PATH}/{export_id}/file.json"
+        with path.open("wb") as out:
+            while True:
+                self._check_stop()
+                try:
+                    response = self.client.open_file(url, received)
+                    if received and response.status_code != 206:
+                        out.seek(0)
+                        out.truncate()
+                        hasher, received = hashlib.sha256(), 0
+                    with response:
+                        for chunk in response.iter_content(CHUNK_BYTES):
+                            self._check_stop()
+                            out.write(chunk)
+                            hasher.update(chunk)
+                            received += len(chunk)
+                    if size is None or received >= int(size):
+                        return hasher.hexdigest()
+                    raise requests.ConnectionError(f"stream ended at byte {received}")
+                except FileNotReady:
+                    not_ready += 1
+                    if not_ready >= FILE_NOT_READY_TRIES:
+                        raise FileGone(f"Export {export_id}: file.json answers 404") from None
+                    self._sleep(min(2.0 * not_ready, 10.0))
+                except requests.RequestException as exc:
+                    breaks += 1
+                    if breaks > DOWNLOAD_RESUMES:
+                        raise FatalError(
+                            f"Export {export_id}: the download broke {breaks} times "
+                            f"({self.client.redact(str(exc))}). Run again later."
+                        ) from None
+                    logger.warning("Download of %s broke at byte %d of %s (%s): resuming.",
+                                   export_id, received, size,
+                                   self.client.redact(type(exc).__name__))
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _sleep(self, seconds: float) -> None:
+        if self.stop.wait(seconds):
+            self._stopping()
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            self._stopping()
+
+    def _stopping(self) -> None:
+        self.cancel_if_running()
+        raise Stopped(self.spec.label)
+
+    def _note(self, event: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {event}"
+        self.story.append(line)
+        logger.info("Export %s: %s", self.spec.label, event)
+
+    def _failure(self, what: str) -> str:
+        return (f"Export job for {self.spec.label} {what}. Its story: "
+                f"{'; '.join(self.story[-8:])}. Nothing after the last finished window was "
+                "bookmarked; run again to retry.")

@@ -1,0 +1,320 @@
+"""Export file to records: CSV/TSV/SSV rows read by header name, values cast to the schema.
+
+Nothing here knows about HTTP or Singer: a file on disk goes in, typed dicts come out.
+Dirty input never stops the read and never drops a row silently: each problem is counted
+and reported with its row number.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import datetime as dt
+import io
+import json
+import logging
+import math
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from tap_marketo_activities.schema import ColumnSpec, attribute_specs, primary_spec, type_id_of
+
+logger = logging.getLogger(__name__)
+
+NULL = "null"
+DELIMITERS = {"CSV": ",", "TSV": "\t"}
+REPORTED_PER_KIND = 20  # each problem kind is logged this often per file, then only counted
+
+# A 10 KB+ attribute value is real; the default limit (128 KB) is not enough for all files.
+csv.field_size_limit(sys.maxsize)
+
+_decode_errors = 0
+
+
+def _count_and_replace(error: UnicodeError) -> tuple[str, int]:
+    global _decode_errors
+    _decode_errors += 1
+    return ("\ufffd", error.end)  # type: ignore[attr-defined]
+
+
+codecs.register_error("marketo_count_replace", _count_and_replace)
+
+
+class CastError(ValueError):
+    pass
+
+
+def _to_integer(value: Any) -> int:
+    kind = type(value)
+    if kind is int:
+        return value
+    if kind is str:
+        return int(value)
+    if kind is float and value.is_integer():
+        return int(value)
+    raise CastError(value)
+
+
+def _to_number(value: Any) -> float | int:
+    kind = type(value)
+    if kind is int or kind is float:
+        return value
+    if kind is str:
+        number = float(value)
+        if math.isfinite(number):
+            return number
+    raise CastError(value)
+
+
+def _to_boolean(value: Any) -> bool:
+    if type(value) is bool:
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise CastError(value)
+
+
+def _to_string(value: Any) -> str:
+    if type(value) is str:
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _to_date(value: Any) -> str:
+    dt.date.fromisoformat(value[:10])
+    return value[:10]
+
+
+def _to_datetime(value: Any) -> str:
+    dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value
+
+
+def caster(json_type: str, fmt: str | None) -> Callable[[Any], Any]:
+    if json_type == "integer":
+        return _to_integer
+    if json_type == "number":
+        return _to_number
+    if json_type == "boolean":
+        return _to_boolean
+    if fmt == "date":
+        return _to_date
+    if fmt == "date-time":
+        return _to_datetime
+    return _to_string
+
+
+class Problems:
+    """Counts what was wrong in a file; logs each kind's first few with the row number."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.counts: Counter[str] = Counter()
+        self.cast_fields: set[tuple[str, str]] = set()
+
+    def report(self, kind: str, row: int, detail: str = "") -> None:
+        self.counts[kind] += 1
+        if self.counts[kind] <= REPORTED_PER_KIND:
+            suffix = f" ({detail})" if detail else ""
+            logger.warning("%s, row %d: %s%s", self.label, row, kind, suffix)
+
+    def cast_failed(self, stream: str, column: str, value: Any, row: int) -> None:
+        self.counts[f"uncastable {stream}.{column}"] += 1
+        if (stream, column) not in self.cast_fields:
+            self.cast_fields.add((stream, column))
+            logger.warning(
+                "%s, row %d: %s.%s: %r is not a valid value for its type; the typed column is "
+                "left null and the value stays in `attributes` (reported once per field).",
+                self.label, row, stream, column, str(value)[:80],
+            )
+
+    def summary(self) -> str:
+        return ", ".join(f"{kind}: {n}" for kind, n in sorted(self.counts.items()))
+
+
+class Columns(NamedTuple):
+    """Positions of the export's columns in one file (-1: not in this file)."""
+
+    guid: int
+    lead: int
+    date: int
+    type_id: int
+    campaign: int
+    primary_id: int
+    primary_value: int
+    attributes: int
+    action: int
+
+    @classmethod
+    def from_header(cls, header: list[str]) -> Columns:
+        where = {name: i for i, name in enumerate(header)}
+        names = ("marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
+                 "primaryAttributeValueId", "primaryAttributeValue", "attributes", "actionResult")
+        return cls(*(where.get(name, -1) for name in names))
+
+
+class RecordBuilder:
+    """Turns the cells of one row of one activity type into a typed record."""
+
+    def __init__(self, stream: str, schema: Mapping[str, Any], selected: set[str] | None) -> None:
+        self.stream = stream
+        self.type_id = type_id_of(schema)
+        wanted = [s for s in attribute_specs(schema) if selected is None or s.column in selected]
+        self.attributes = [(s.column, s.source, caster(s.json_type, s.fmt)) for s in wanted]
+        primary: ColumnSpec = primary_spec(schema)
+        self.primary_cast = caster(primary.json_type, primary.fmt)
+
+    def build(self, cells: list[str], at: Columns, number: int,
+              problems: Problems) -> dict[str, Any]:
+        cast = self._cast
+        record: dict[str, Any] = {
+            "marketoGUID": cells[at.guid],
+            "leadId": cast(_cell(cells, at.lead), _to_integer, "leadId", number, problems),
+            "activityDate": _cell(cells, at.date),
+            "activityTypeId": self.type_id,
+            "campaignId": cast(_cell(cells, at.campaign), _to_integer, "campaignId", number,
+                               problems),
+            "primaryAttributeValueId": cast(_cell(cells, at.primary_id), self.primary_cast,
+                                            "primaryAttributeValueId", number, problems),
+            "primaryAttributeValue": _none_if_null(_cell(cells, at.primary_value)),
+        }
+        if at.action >= 0:
+            record["actionResult"] = _none_if_null(cells[at.action])
+        if at.attributes >= 0:
+            attributes = _parse_attributes(cells[at.attributes], number, problems)
+            record["attributes"] = attributes
+            for column, source, attribute_cast in self.attributes:
+                value = attributes.get(source) if attributes else None
+                record[column] = cast(value, attribute_cast, column, number, problems)
+        return record
+
+    def _cast(self, value: Any, cast: Callable[[Any], Any], column: str, number: int,
+              problems: Problems) -> Any:
+        if value is None or value == NULL:
+            return None
+        try:
+            return cast(value)
+        except (ValueError, TypeError, AttributeError):
+            problems.cast_failed(self.stream, column, value, number)
+            return None
+
+
+def _cell(cells: list[str], position: int) -> str | None:
+    return cells[position] if position >= 0 else None
+
+
+def _none_if_null(value: str | None) -> str | None:
+    return None if value is None or value == NULL else value
+
+
+def _parse_attributes(text: str | None, number: int, problems: Problems) -> dict | None:
+    if text is None or text == NULL or text == "":
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        problems.report("attributes is not valid JSON; kept as text under `_unparsed`", number)
+        return {"_unparsed": text}
+    if not isinstance(value, dict):
+        problems.report("attributes is not a JSON object; kept under `_unparsed`", number)
+        return {"_unparsed": value}
+    return value
+
+
+def detect_delimiter(header_line: str, export_format: str) -> str:
+    """SSV is documented both as space- and semicolon-separated: the header tells."""
+    if export_format in DELIMITERS:
+        return DELIMITERS[export_format]
+    return ";" if ";" in header_line else " "
+
+
+def read_rows(path: Path, export_format: str,
+              problems: Problems) -> Iterator[tuple[int, list[str]]]:
+    """The header as row 0, then (row number, cells) for each data row, padded with `null`
+    to the header's width."""
+    seen_decode_errors = _decode_errors
+    undecodable = 0  # replaced bytes not yet traced to a row
+    with path.open("rb") as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="marketo_count_replace",
+                                newline="\n")
+        header_line = text.readline()
+        delimiter = detect_delimiter(header_line, export_format)
+        header = next(csv.reader([header_line], delimiter=delimiter), [])
+        yield 0, header
+        width = len(header)
+        consumed: list[str] = []
+        reader = csv.reader(_remember(text, consumed), delimiter=delimiter)
+        number = 0
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error:
+                cells = _reparse_with_stray_cr(consumed, delimiter)
+                problems.report("stray CR in an unquoted value", number + 1)
+            number += 1
+            consumed.clear()
+            # Decoding runs ahead in chunks: the counter says bytes were replaced, the row
+            # holding U+FFFD says where.
+            undecodable += _decode_errors - seen_decode_errors
+            seen_decode_errors = _decode_errors
+            if undecodable and (replaced := sum(c.count("\ufffd") for c in cells)):
+                undecodable = max(0, undecodable - replaced)
+                problems.report("invalid UTF-8 replaced by U+FFFD", number)
+            if len(cells) != width:
+                if not cells:
+                    continue
+                problems.report(f"{len(cells)} cells where the header has {width}", number)
+                cells = (cells + [NULL] * width)[:width]
+            yield number, cells
+
+
+def _remember(lines: Iterator[str], consumed: list[str]) -> Iterator[str]:
+    for line in lines:
+        consumed.append(line)
+        yield line
+
+
+_CR_STAND_IN = "\ue000"
+
+
+def _reparse_with_stray_cr(lines: list[str], delimiter: str) -> list[str]:
+    """csv refuses a bare CR outside quotes; read the record again with the CR hidden,
+    then put it back, so that the value comes out as Marketo wrote it."""
+    body = "".join(lines)
+    ending = "\r\n" if body.endswith("\r\n") else "\n" if body.endswith("\n") else ""
+    body = body[: len(body) - len(ending)].replace("\r", _CR_STAND_IN)
+    cells = next(csv.reader([body], delimiter=delimiter), [])
+    return [cell.replace(_CR_STAND_IN, "\r") for cell in cells]
+
+
+def read_records(
+    path: Path,
+    export_format: str,
+    builders: Mapping[int, RecordBuilder],
+    problems: Problems,
+) -> Iterator[tuple[RecordBuilder, dict[str, Any]]]:
+    """(builder, record) for every row whose activity type has a builder."""
+    rows = read_rows(path, export_format, problems)
+    _, header = next(rows)
+    at = Columns.from_header(header)
+    if at.guid < 0 or at.type_id < 0:
+        raise ValueError(f"{path.name}: header has no marketoGUID or activityTypeId: {header}")
+    get = builders.get
+    for number, cells in rows:
+        type_cell = cells[at.type_id]
+        builder = get(int(type_cell)) if type_cell.isdigit() else None
+        if builder is None:
+            problems.report(f"activity type {type_cell[:20]!r} was not asked for", number)
+            continue
+        if not cells[at.guid] or cells[at.guid] == NULL:
+            problems.report("row without marketoGUID: not deliverable", number)
+            continue
+        yield builder, builder.build(cells, at, number, problems)

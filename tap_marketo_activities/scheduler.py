@@ -1,0 +1,153 @@
+"""Windows and the job schedule: which export jobs a sync needs, and running them ahead.
+
+Windows line up on one grid for every stream: the grid starts at the earliest stream start
+and steps by `window_days`. A stream whose bookmark falls inside a grid window gets one
+shorter first window up to the next grid line (shared with every stream of the same
+bookmark); from there on it shares the grid windows, and so one job per window serves all
+streams. A stream therefore never receives a row from before its own bookmark.
+
+The scheduler keeps up to `max_jobs_in_queue` jobs of ours in Marketo at once, in window
+order, so that Marketo's two processing slots stay busy while earlier files become records.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tap_marketo_activities.client import MarketoClient, QuotaExhausted
+from tap_marketo_activities.export import (
+    DEFAULT_FIELDS,
+    CompletedExport,
+    ExportJob,
+    JobSpec,
+    JobTimings,
+    Stopped,
+)
+from tap_marketo_activities.quota import ExportQuota
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PlannedJob:
+    spec: JobSpec
+    streams: list[str]
+    future: Future[CompletedExport] | None = None
+    job: ExportJob | None = None
+    consumers_left: set[str] = field(default_factory=set)
+
+
+def grid_windows(
+    starts: Mapping[str, dt.datetime], end: dt.datetime, width: dt.timedelta
+) -> dict[str, list[tuple[dt.datetime, dt.datetime]]]:
+    """Each stream's windows from its start to `end`, aligned on one grid (module doc)."""
+    if not starts:
+        return {}
+    anchor = min(starts.values())
+    plans: dict[str, list[tuple[dt.datetime, dt.datetime]]] = {}
+    for stream, start in starts.items():
+        windows = []
+        steps = (start - anchor) // width
+        edge = anchor + (steps + 1) * width
+        lower = start
+        while lower < end:
+            upper = min(edge, end)
+            windows.append((lower, upper))
+            lower, edge = upper, edge + width
+        plans[stream] = windows
+    return plans
+
+
+def plan_jobs(
+    starts: Mapping[str, dt.datetime],
+    type_ids: Mapping[str, int],
+    end: dt.datetime,
+    width: dt.timedelta,
+    fields: tuple[str, ...] = DEFAULT_FIELDS,
+) -> list[PlannedJob]:
+    """One job per distinct window, serving every stream that needs that window."""
+    by_window: dict[tuple[dt.datetime, dt.datetime], list[str]] = {}
+    for stream, windows in grid_windows(starts, end, width).items():
+        for window in windows:
+            by_window.setdefault(window, []).append(stream)
+    jobs = []
+    for (lower, upper), streams in sorted(by_window.items()):
+        ids = tuple(sorted({type_ids[s] for s in streams}))
+        jobs.append(PlannedJob(JobSpec(lower, upper, ids, fields), sorted(streams),
+                               consumers_left=set(streams)))
+    return jobs
+
+
+class ExportScheduler:
+    """Runs planned jobs ahead of the streams that read them, in window order."""
+
+    def __init__(self, client: MarketoClient, jobs: list[PlannedJob], workdir: Path,
+                 timings: JobTimings, max_in_queue: int, quota: ExportQuota) -> None:
+        self.client = client
+        self.jobs = jobs
+        self.workdir = workdir
+        self.timings = timings
+        self.quota = quota
+        self.stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=max_in_queue,
+                                        thread_name_prefix="export")
+        self._started = False
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        for planned in self.jobs:
+            planned.future = self._pool.submit(self._run, planned)
+
+    def windows_of(self, stream: str) -> list[PlannedJob]:
+        return [job for job in self.jobs if stream in job.streams]
+
+    def result(self, planned: PlannedJob) -> CompletedExport:
+        """Wait for a job's file. Raises the job's error (after stopping the others)."""
+        self.start()
+        assert planned.future is not None
+        try:
+            return planned.future.result()
+        except BaseException:
+            self.stop.set()
+            raise
+
+    def consumed(self, planned: PlannedJob, stream: str) -> None:
+        """A stream is done with a job; the file goes once nobody needs it."""
+        planned.consumers_left.discard(stream)
+        if not planned.consumers_left and planned.future and planned.future.done() \
+                and not planned.future.exception():
+            planned.future.result().path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Stop starting jobs, cancel ours still in Marketo's queue, wait for the workers."""
+        self.stop.set()
+        for planned in self.jobs:
+            if planned.future:
+                planned.future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self, planned: PlannedJob) -> CompletedExport:
+        if self.stop.is_set():
+            raise Stopped(planned.spec.label)
+        self.quota.check_room(planned.spec)
+        job = ExportJob(self.client, planned.spec, self.workdir, self.timings, self.stop)
+        planned.job = job
+        try:
+            done = job.run()
+        except QuotaExhausted:
+            self.stop.set()
+            raise
+        self.quota.add(planned.spec, done.file_size)
+        return done
+
+    def in_flight(self) -> Iterable[ExportJob]:
+        return [p.job for p in self.jobs if p.job and p.job.status in
+                ("Created", "Queued", "Processing")]

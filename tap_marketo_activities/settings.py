@@ -1,0 +1,182 @@
+"""Settings: the JSON schema the SDK validates, and the checks and normalising it cannot do.
+
+Every check here runs before any network call, and every failure names the setting and
+what it accepts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from singer_sdk import typing as th
+
+MAX_WINDOW_DAYS = 31  # Marketo refuses a createdAt range over 31 days
+EXPORT_FORMATS = ("CSV", "TSV", "SSV")
+
+CONFIG_SCHEMA = th.PropertiesList(
+    th.Property("client_id", th.StringType, required=True, title="Client ID",
+                description="Client ID of the LaunchPoint API service (Admin > LaunchPoint "
+                            "> View Details)."),
+    th.Property("client_secret", th.StringType, required=True, secret=True,
+                title="Client Secret", description="Client Secret of the same API service."),
+    th.Property("base_url", th.StringType, required=True, title="Base URL",
+                description="The REST endpoint from Admin > Web Services, e.g. "
+                            "https://284-RPR-133.mktorest.com/rest (the /rest or /identity "
+                            "suffix is optional)."),
+    th.Property("start_date", th.StringType, required=True, title="Start date",
+                description="Sync activities created at or after this ISO-8601 date or "
+                            "datetime (UTC when no offset is given)."),
+    th.Property("end_date", th.StringType, title="End date",
+                description="Sync activities created before this date or datetime. "
+                            "Default: now."),
+    th.Property("window_days", th.IntegerType, default=31, title="Window (days)",
+                description="Width of one export job's createdAt window, 1 to 31."),
+    th.Property("activity_type_ids", th.ArrayType(th.IntegerType), title="Activity type ids",
+                description="Offer only these activity types as streams. Default: all."),
+    th.Property("poll_interval_seconds", th.NumberType, default=60, title="Poll interval",
+                description="Longest wait between two status polls of a job. The first poll "
+                            "comes after a few seconds and the wait grows to this."),
+    th.Property("job_timeout_seconds", th.NumberType, default=3 * 3600, title="Job timeout",
+                description="A job not Completed this long after it was enqueued is "
+                            "cancelled and created again once, then the sync fails."),
+    th.Property("max_jobs_in_queue", th.IntegerType, default=4, title="Jobs in queue",
+                description="Most of this tap's export jobs Queued or Processing at once, 1 "
+                            "to 10 (Marketo allows 10 per instance, shared with other tools "
+                            "and processes 2 at a time)."),
+    th.Property("max_export_mb_per_day", th.NumberType, default=400, title="Export MB per day",
+                description="Stop cleanly before this tap's exports of the day (US Central) "
+                            "would pass this many MB. Marketo's 500 MB is shared by every "
+                            "bulk export of the instance."),
+    th.Property("api_limit_share", th.NumberType, default=0.8, title="Share of API limits",
+                description="Fraction (0.1 to 1) of Marketo's 100 calls per 20 s and 10 "
+                            "concurrent calls that this tap may use."),
+    th.Property("request_timeout_seconds", th.NumberType, default=120,
+                title="Request timeout",
+                description="Read timeout of one HTTP call; a stalled download resumes."),
+    th.Property("max_retry_seconds", th.NumberType, default=300, title="Retry budget",
+                description="How long one call is retried through transient errors before "
+                            "the sync fails."),
+    th.Property("max_job_attempts", th.IntegerType, default=3, title="Job attempts",
+                description="How often a window's job is created again after it Failed."),
+).to_dict()
+
+
+class SettingsError(ValueError):
+    """One bad setting; the message names it and says what it accepts."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    base_url: str
+    client_id: str
+    client_secret: str
+    start: dt.datetime
+    end: dt.datetime
+    window_days: int
+    activity_type_ids: tuple[int, ...] | None
+    poll_interval: float
+    job_timeout: float
+    max_jobs_in_queue: int
+    max_export_bytes_per_day: float
+    api_limit_share: float
+    request_timeout: float
+    max_retry_seconds: float
+    max_job_attempts: int
+
+
+def normalize_base_url(value: str) -> str:
+    """What the admin screen shows (with /rest or /identity, with or without a trailing
+    slash) or any http(s)://host:port -> scheme://host[:port]."""
+    text = (value or "").strip().rstrip("/")
+    text = re.sub(r"/(rest|identity)$", "", text, flags=re.IGNORECASE)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or \
+            parts.query or parts.fragment:
+        raise SettingsError(
+            f"base_url {value!r} is not a Marketo endpoint. Expected the REST endpoint from "
+            "Admin > Web Services, like https://284-RPR-133.mktorest.com or "
+            "https://284-RPR-133.mktorest.com/rest (or http(s)://host:port)."
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise SettingsError(f"base_url {value!r} has an invalid port.") from None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def parse_instant(name: str, value: Any) -> dt.datetime:
+    """An ISO-8601 date or datetime; UTC when it has no offset; to whole seconds."""
+    text = str(value).strip()
+    try:
+        if len(text) == 10:
+            parsed = dt.datetime.combine(dt.date.fromisoformat(text), dt.time())
+        else:
+            parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise SettingsError(
+            f"{name} {value!r} is not an ISO-8601 date or datetime, e.g. 2024-01-01 or "
+            "2024-01-01T00:00:00Z."
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.astimezone(dt.timezone.utc).replace(microsecond=0)
+
+
+def _number(config: Mapping[str, Any], name: str, low: float, high: float,
+            default: float) -> float:
+    value = config.get(name, default)
+    if value is None:
+        return default
+    # The SDK reads JSON numbers as Decimal.
+    number = None if isinstance(value, (bool, str)) else float(value)
+    if number is None or not low <= number <= high:
+        raise SettingsError(f"{name} is {value!r}; it accepts a number from {low:g} to {high:g}.")
+    return number
+
+
+def parse_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> Settings:
+    """Check and normalise the config. Raises SettingsError naming the first bad setting."""
+    for name in ("client_id", "client_secret", "base_url", "start_date"):
+        if not config.get(name):
+            raise SettingsError(f"{name} is required.")
+    now = (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
+    start = parse_instant("start_date", config["start_date"])
+    end = parse_instant("end_date", config["end_date"]) if config.get("end_date") else now
+    if start >= end:
+        raise SettingsError(
+            f"start_date ({start:%Y-%m-%dT%H:%M:%SZ}) must be before end_date "
+            f"({end:%Y-%m-%dT%H:%M:%SZ}; default now)."
+        )
+    type_ids = config.get("activity_type_ids")
+    if type_ids is not None and (
+        not isinstance(type_ids, list) or not all(isinstance(i, int) for i in type_ids)
+    ):
+        raise SettingsError(f"activity_type_ids is {type_ids!r}; it accepts a list of integers.")
+    return Settings(
+        base_url=normalize_base_url(str(config["base_url"])),
+        client_id=str(config["client_id"]),
+        client_secret=str(config["client_secret"]),
+        start=start,
+        end=end,
+        window_days=int(_number(config, "window_days", 1, MAX_WINDOW_DAYS, 31)),
+        activity_type_ids=tuple(type_ids) if type_ids else None,
+        poll_interval=_number(config, "poll_interval_seconds", 0.01, 3600, 60),
+        job_timeout=_number(config, "job_timeout_seconds", 1, 7 * 86400, 3 * 3600),
+        max_jobs_in_queue=int(_number(config, "max_jobs_in_queue", 1, 10, 4)),
+        max_export_bytes_per_day=_number(config, "max_export_mb_per_day", 0.001, 100_000, 400)
+        * 1024 * 1024,
+        api_limit_share=_number(config, "api_limit_share", 0.1, 1, 0.8),
+        request_timeout=_number(config, "request_timeout_seconds", 0.1, 3600, 120),
+        max_retry_seconds=_number(config, "max_retry_seconds", 0, 86400, 300),
+        max_job_attempts=int(_number(config, "max_job_attempts", 1, 10, 3)),
+    )
+
+
+def isoformat(instant: dt.datetime) -> str:
+    """Marketo's own form (second precision, Z): bookmarks compare as strings."""
+    return instant.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

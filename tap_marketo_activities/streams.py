@@ -1,0 +1,199 @@
+"""Streams and state: one stream per activity type, fed from export files shared by window.
+
+The SDK syncs streams one after another, in name order. The first stream to reach a window
+reads that window's file once: its own rows become its records, the rows of the other
+streams of the job are spooled to local disk until their turn. Each stream's bookmark moves
+to the end of a window once every record of that window has been written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import marshal
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from singer_sdk import Stream
+from singer_sdk.helpers._typing import TypeConformanceLevel
+
+from tap_marketo_activities.export import JobTimings
+from tap_marketo_activities.quota import ExportQuota
+from tap_marketo_activities.records import Problems, RecordBuilder, read_records
+from tap_marketo_activities.scheduler import ExportScheduler, PlannedJob, plan_jobs
+from tap_marketo_activities.schema import KEY, REPLICATION_KEY, type_id_of
+from tap_marketo_activities.settings import Settings, isoformat, parse_instant
+
+if TYPE_CHECKING:
+    from singer_sdk import Tap
+
+    from tap_marketo_activities.client import MarketoClient
+
+logger = logging.getLogger(__name__)
+
+
+class ActivityStream(Stream):
+    """The activities of one Marketo activity type."""
+
+    primary_keys = (KEY,)
+    replication_key = REPLICATION_KEY
+    is_sorted = False  # rows of an export file come in no particular order
+    # The tap casts every value from the activity type's dataTypes (records.py), so the
+    # SDK's conformance pass would only cost time.
+    TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE
+
+    def __init__(self, tap: Tap, name: str, schema: dict[str, Any]) -> None:
+        super().__init__(tap, schema=schema, name=name)
+        self.type_id = type_id_of(schema)
+        self.windows_done = 0
+        self.records_written = 0
+
+    def selected_columns(self) -> set[str]:
+        return {name for name in self.schema["properties"]
+                if self.mask.get(("properties", name), True)}
+
+    def start_instant(self, settings: Settings) -> dt.datetime:
+        """Where this stream resumes: its bookmark, or start_date when later or unset."""
+        bookmark = self.stream_state.get("replication_key_value")
+        if not bookmark:
+            return settings.start
+        return max(settings.start, parse_instant("bookmark", bookmark))
+
+    def get_records(self, context: dict | None) -> Iterable[dict[str, Any]]:
+        exports: SharedExports = self._tap.exports  # type: ignore[attr-defined]
+        previous_edge: set[str] = set()
+        for planned in exports.jobs_of(self.name):
+            lower, upper = isoformat(planned.spec.start), isoformat(planned.spec.end)
+            edge: set[str] = set()
+            count = 0
+            for record in exports.records(planned, self):
+                stamp = record[REPLICATION_KEY]
+                # An inclusive endAt hands the boundary second to two windows of one run.
+                if stamp == lower and record[KEY] in previous_edge:
+                    continue
+                if stamp == upper:
+                    edge.add(record[KEY])
+                count += 1
+                yield record
+            previous_edge = edge
+            self._checkpoint(upper)
+            self.windows_done += 1
+            self.records_written += count
+            logger.info("%s: %d records for window %s .. %s; bookmark now %s.",
+                        self.name, count, lower, upper, upper)
+
+    def _checkpoint(self, bookmark: str) -> None:
+        state = self.stream_state
+        state["replication_key"] = REPLICATION_KEY
+        state["replication_key_value"] = bookmark
+        self.state_manager.is_flushed = False
+        self._write_state_message()
+
+    def _increment_stream_state(self, latest_record: dict, *, context: Any = None) -> None:
+        """Bookmarks move per finished window (`_checkpoint`), never per record: rows of
+        one file are unsorted, so a record's date says nothing of what is complete."""
+
+
+@dataclass
+class _Spool:
+    path: Path
+    complete: bool = False
+
+
+@dataclass
+class SharedExports:
+    """The export jobs of one sync, shared by all its streams, and the rows waiting for
+    their stream's turn."""
+
+    scheduler: ExportScheduler
+    workdir: Path
+    export_format: str = "CSV"
+    spools: dict[tuple[int, str], _Spool] = field(default_factory=dict)
+    builders: dict[str, RecordBuilder] = field(default_factory=dict)
+    bytes_downloaded: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def begin(cls, client: MarketoClient, settings: Settings,
+              streams: list[ActivityStream]) -> SharedExports:
+        starts = {s.name: s.start_instant(settings) for s in streams}
+        type_ids = {s.name: s.type_id for s in streams}
+        jobs = plan_jobs(starts, type_ids, settings.end, dt.timedelta(days=settings.window_days))
+        for stream in streams:
+            logger.info("%s: windows from %s to %s.", stream.name, isoformat(starts[stream.name]),
+                        isoformat(settings.end))
+        logger.info("Planned %d export jobs for %d streams (window_days=%d, up to %d jobs in "
+                    "Marketo's queue at once).", len(jobs), len(streams), settings.window_days,
+                    settings.max_jobs_in_queue)
+        quota = ExportQuota.from_marketo(client, settings.max_export_bytes_per_day)
+        workdir = Path(tempfile.mkdtemp(prefix="tap-marketo-activities-"))
+        timings = JobTimings(settings.poll_interval, settings.job_timeout,
+                             settings.max_job_attempts)
+        scheduler = ExportScheduler(client, jobs, workdir, timings, settings.max_jobs_in_queue,
+                                    quota)
+        shared = cls(scheduler, workdir)
+        for stream in streams:
+            shared.builders[stream.name] = RecordBuilder(stream.name, stream.schema,
+                                                         stream.selected_columns())
+        scheduler.start()
+        return shared
+
+    def jobs_of(self, stream: str) -> list[PlannedJob]:
+        return self.scheduler.windows_of(stream)
+
+    def records(self, planned: PlannedJob, stream: ActivityStream) -> Iterator[dict[str, Any]]:
+        index = self.scheduler.jobs.index(planned)
+        spool = self.spools.pop((index, stream.name), None)
+        if spool and spool.complete:
+            yield from _read_spool(spool.path)
+        else:
+            yield from self._split(index, planned, stream.name)
+        self.scheduler.consumed(planned, stream.name)
+
+    def _split(self, index: int, planned: PlannedJob, mine: str) -> Iterator[dict[str, Any]]:
+        """Read a job's file once: yield this stream's records, spool the others'."""
+        done = self.scheduler.result(planned)
+        others = [s for s in planned.consumers_left if s != mine]
+        builders = {self.builders[s].type_id: self.builders[s] for s in [mine, *others]}
+        spools = {s: _Spool(self.workdir / f"{index}-{s}.spool") for s in others}
+        writers = {self.builders[s].type_id: spools[s].path.open("wb") for s in others}
+        problems = Problems(f"export {done.export_id}")
+        own = self.builders[mine]
+        dump = marshal.dump
+        try:
+            for builder, record in read_records(done.path, self.export_format, builders, problems):
+                if builder is own:
+                    yield record
+                else:
+                    dump(record, writers[builder.type_id])
+        finally:
+            for writer in writers.values():
+                writer.close()
+        for name, spool in spools.items():
+            spool.complete = True
+            self.spools[(index, name)] = spool
+        done.path.unlink(missing_ok=True)  # every row is now a record or in a spool
+        if problems.counts:
+            logger.warning("Export %s had problems, every row kept: %s", done.export_id,
+                           problems.summary())
+        self.bytes_downloaded += done.file_size
+
+    def close(self) -> None:
+        self.scheduler.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _read_spool(path: Path) -> Iterator[dict[str, Any]]:
+    load = marshal.load
+    with path.open("rb") as spool:
+        while True:
+            try:
+                yield load(spool)
+            except EOFError:
+                break
+    path.unlink(missing_ok=True)

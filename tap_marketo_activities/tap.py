@@ -1,0 +1,157 @@
+"""The tap: settings, discovery of one stream per activity type, and the sync's frame
+(start the shared exports, stop them cleanly, one line for a fatal error)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from functools import cached_property
+from types import FrameType
+from typing import Any
+
+from singer_sdk import Tap
+from singer_sdk.exceptions import ConfigValidationError
+
+from tap_marketo_activities.client import MarketoClient, MarketoError, Pacer
+from tap_marketo_activities.schema import DELETE_LEAD_TYPE_ID, activity_schema, stream_names
+from tap_marketo_activities.settings import CONFIG_SCHEMA, Settings, SettingsError, parse_settings
+from tap_marketo_activities.streams import ActivityStream, SharedExports
+
+logger = logging.getLogger(__name__)
+
+TYPES_PATH = "/rest/v1/activities/types.json"
+
+
+class TapMarketoActivities(Tap):
+    """Marketo activities through the Bulk Activity Extract API."""
+
+    name = "tap-marketo-activities"
+    package_name = "tap-marketo-activities"
+    dynamic_catalog = True
+    config_jsonschema = CONFIG_SCHEMA
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._exports: SharedExports | None = None
+        super().__init__(*args, **kwargs)
+
+    # -- settings -----------------------------------------------------------------------
+
+    def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
+        errors = super()._validate_config(raise_errors=raise_errors)
+        if errors:
+            return errors
+        try:
+            _ = self.settings
+        except SettingsError as exc:
+            if raise_errors:
+                raise ConfigValidationError(str(exc), errors=[str(exc)]) from None
+            return [str(exc)]
+        return []
+
+    @cached_property
+    def settings(self) -> Settings:
+        return parse_settings(self.config)
+
+    @cached_property
+    def client(self) -> MarketoClient:
+        settings = self.settings
+        return MarketoClient(
+            settings.base_url,
+            settings.client_id,
+            settings.client_secret,
+            timeout=(10.0, settings.request_timeout),
+            max_retry_seconds=settings.max_retry_seconds,
+            pacer=Pacer(settings.api_limit_share),
+        )
+
+    # -- discovery ----------------------------------------------------------------------
+
+    def discover_streams(self) -> list[ActivityStream]:
+        if self.input_catalog is not None:
+            return [
+                ActivityStream(self, entry.stream, entry.schema.to_dict())
+                for entry in self.input_catalog.values()
+                if "activityTypeId" in (entry.schema.properties or {})
+            ]
+        types = [t for t in self._activity_types() if int(t["id"]) != DELETE_LEAD_TYPE_ID]
+        names = stream_names(types)  # over all types, so a filter never renames a stream
+        wanted = self.settings.activity_type_ids
+        return [
+            ActivityStream(self, names[int(t["id"])], activity_schema(t))
+            for t in types
+            if wanted is None or int(t["id"]) in wanted
+        ]
+
+    def _activity_types(self) -> list[dict[str, Any]]:
+        envelope = self.client.get(TYPES_PATH)
+        types = envelope.get("result") or []
+        logger.info("Marketo lists %d activity types.", len(types))
+        return types
+
+    # -- sync ---------------------------------------------------------------------------
+
+    @property
+    def exports(self) -> SharedExports:
+        """The sync's export jobs, planned when the first stream asks for records."""
+        if self._exports is None:
+            selected = [s for s in self.streams.values()
+                        if isinstance(s, ActivityStream) and s.selected]
+            self._exports = SharedExports.begin(self.client, self.settings, selected)
+        return self._exports
+
+    def sync_all(self) -> None:
+        started = time.monotonic()
+        try:
+            super().sync_all()
+        finally:
+            self._stop_exports()
+        self._log_summary(time.monotonic() - started)
+
+    def run_sync_dry_run(self, *args: Any, **kwargs: Any) -> bool:
+        try:
+            return super().run_sync_dry_run(*args, **kwargs)
+        finally:
+            self._stop_exports()
+
+    def _stop_exports(self) -> None:
+        if self._exports is not None:
+            self._exports.close()
+            self.state_writer.write_state(self.state)
+
+    def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
+        """Cancel our jobs in Marketo, emit the state of what was delivered, exit non-zero."""
+        name = signal.Signals(signum).name
+        logger.error("Stopping on %s: cancelling this run's export jobs; the state below "
+                     "covers every window delivered, and the next run resumes there.", name)
+        self._stop_exports()
+        self.state_writer.write_state(self.state)
+        sys.exit(128 + signum)
+
+    def _log_summary(self, elapsed: float) -> None:
+        if self._exports is None:
+            return
+        rows = [(s.name, s.records_written, s.windows_done) for s in self.streams.values()
+                if isinstance(s, ActivityStream) and s.selected]
+        width = max([len(r[0]) for r in rows] + [6])
+        lines = [f"{'stream':<{width}} {'records':>9} {'windows':>8}"]
+        lines += [f"{name:<{width}} {records:>9} {windows:>8}" for name, records, windows in rows]
+        quota = self._exports.scheduler.quota
+        lines.append(
+            f"{len(self._exports.scheduler.jobs)} export jobs, "
+            f"{self._exports.bytes_downloaded / 1e6:.1f} MB downloaded, "
+            f"{quota.used_bytes / 1024 / 1024:.1f} MB of export quota used today, "
+            f"{self.client.calls} API calls, {elapsed:.1f} s."
+        )
+        logger.info("Sync summary:\n%s", "\n".join(lines))
+
+
+def main() -> None:
+    """Console entry point: a Marketo failure is one line, not a stack trace."""
+    try:
+        TapMarketoActivities.cli()
+    except MarketoError as exc:
+        logging.getLogger(TapMarketoActivities.name).error("%s", exc)
+        logger.debug("Details", exc_info=True)
+        sys.exit(1)

@@ -1,0 +1,203 @@
+"""Pure functions: names, schemas, settings, windows, and the file parser on small files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from tap_marketo_activities.records import Problems, RecordBuilder, read_records
+from tap_marketo_activities.scheduler import grid_windows, plan_jobs
+from tap_marketo_activities.schema import activity_schema, attribute_specs, stream_names
+from tap_marketo_activities.settings import SettingsError, normalize_base_url, parse_settings
+
+UTC = dt.timezone.utc
+
+
+def day(n: int) -> dt.datetime:
+    return dt.datetime(2024, 1, 1, tzinfo=UTC) + dt.timedelta(days=n)
+
+
+def test_stream_names_follow_the_type_names_and_lowest_id_keeps_a_clash() -> None:
+    names = stream_names([
+        {"id": 100003, "name": "Webinar Attended Zoom"},
+        {"id": 1, "name": "Visit Webpage"},
+        {"id": 104, "name": "Change Status in Progression"},
+        {"id": 100002, "name": "Webinar Attended (Zoom)"},
+    ])
+    assert names == {
+        1: "activities_visit_webpage",
+        104: "activities_change_status_in_progression",
+        100002: "activities_webinar_attended_zoom",
+        100003: "activities_webinar_attended_zoom_100003",
+    }
+
+
+def test_schema_types_every_attribute_and_never_clashes_with_a_base_column() -> None:
+    schema = activity_schema({
+        "id": 5, "name": "Odd",
+        "primaryAttribute": {"name": "Webpage ID", "dataType": "integer"},
+        "attributes": [
+            {"name": "Campaign Id", "dataType": "string"},
+            {"name": "Attributes", "dataType": "string"},
+            {"name": "Score", "dataType": "score"},
+            {"name": "When", "dataType": "datetime"},
+            {"name": "Where", "dataType": "geoPoint"},
+        ],
+    })
+    props = schema["properties"]
+    assert props["primaryAttributeValueId"]["type"] == ["integer", "null"]
+    assert props["attribute_attributes"]["title"] == "Attributes"
+    assert props["attributes"]["type"] == ["object", "null"]
+    assert props["score"]["type"] == ["integer", "null"]
+    assert props["when"]["format"] == "date-time"
+    assert props["where"]["type"] == ["string", "null"]
+    assert props["activityTypeId"]["enum"] == [5]
+    assert {s.source for s in attribute_specs(schema)} == {
+        "Campaign Id", "Attributes", "Score", "When", "Where"}
+
+
+def test_a_type_without_primary_attribute_or_attributes_has_the_base_columns() -> None:
+    props = activity_schema({"id": 12, "name": "New Lead"})["properties"]
+    assert props["primaryAttributeValueId"]["type"] == ["string", "null"]
+    assert "attributes" in props and len(props) == 9
+
+
+@pytest.mark.parametrize("given", [
+    "https://284-RPR-133.mktorest.com", "https://284-RPR-133.mktorest.com/",
+    "https://284-RPR-133.mktorest.com/rest", "https://284-RPR-133.mktorest.com/rest/",
+    "https://284-RPR-133.mktorest.com/identity", " https://284-RPR-133.mktorest.com/REST ",
+])
+def test_base_url_accepts_what_the_admin_screen_shows(given: str) -> None:
+    assert normalize_base_url(given) == "https://284-RPR-133.mktorest.com"
+
+
+def test_base_url_keeps_a_port() -> None:
+    assert normalize_base_url("http://127.0.0.1:8123/") == "http://127.0.0.1:8123"
+
+
+@pytest.mark.parametrize("bad", ["ftp://x.mktorest.com", "284-RPR-133.mktorest.com",
+                                 "https://x.mktorest.com/rest/v1", "https://"])
+def test_base_url_refuses_anything_else(bad: str) -> None:
+    with pytest.raises(SettingsError, match="base_url"):
+        normalize_base_url(bad)
+
+
+GOOD = {"client_id": "a", "client_secret": "b", "base_url": "http://127.0.0.1:1",
+        "start_date": "2024-01-01"}
+
+
+@pytest.mark.parametrize(("change", "setting"), [
+    ({"start_date": "yesterday"}, "start_date"),
+    ({"end_date": "2023-01-01"}, "start_date"),
+    ({"window_days": 0}, "window_days"),
+    ({"window_days": 40}, "window_days"),
+    ({"base_url": "mailto:x@y"}, "base_url"),
+])
+def test_bad_settings_name_the_setting(change: dict, setting: str) -> None:
+    with pytest.raises(SettingsError, match=setting):
+        parse_settings({**GOOD, **change})
+
+
+def test_dates_without_offset_are_utc() -> None:
+    settings = parse_settings({**GOOD, "start_date": "2024-01-01T05:00:00",
+                               "end_date": "2024-02-01T00:00:00+02:00"})
+    assert settings.start == dt.datetime(2024, 1, 1, 5, tzinfo=UTC)
+    assert settings.end == dt.datetime(2024, 1, 31, 22, tzinfo=UTC)
+
+
+def test_windows_neither_overlap_nor_leave_gaps_and_line_up_after_the_first() -> None:
+    plans = grid_windows({"a": day(0), "b": day(10)}, day(70), dt.timedelta(days=31))
+    assert plans["a"] == [(day(0), day(31)), (day(31), day(62)), (day(62), day(70))]
+    assert plans["b"] == [(day(10), day(31)), (day(31), day(62)), (day(62), day(70))]
+    for windows in plans.values():
+        assert all(w[1] == n[0] for w, n in itertools.pairwise(windows))
+
+
+def test_one_job_per_window_serves_every_stream_that_needs_it() -> None:
+    jobs = plan_jobs({"a": day(0), "b": day(0), "c": day(40)}, {"a": 1, "b": 2, "c": 3},
+                     day(93), dt.timedelta(days=31))
+    assert [(j.spec.start, j.spec.end, j.spec.type_ids) for j in jobs] == [
+        (day(0), day(31), (1, 2)),
+        (day(31), day(62), (1, 2)),
+        (day(40), day(62), (3,)),
+        (day(62), day(93), (1, 2, 3)),
+    ]
+
+
+def test_a_stream_at_the_end_needs_no_job() -> None:
+    assert plan_jobs({"a": day(5)}, {"a": 1}, day(5), dt.timedelta(days=1)) == []
+
+
+VISIT = {"id": 1, "name": "Visit Webpage",
+         "primaryAttribute": {"name": "Webpage ID", "dataType": "integer"},
+         "attributes": [{"name": "Personalized URL", "dataType": "boolean"},
+                        {"name": "Webpage URL", "dataType": "string"},
+                        {"name": "Score", "dataType": "integer"}]}
+
+
+def _builders() -> dict[int, RecordBuilder]:
+    builder = RecordBuilder("activities_visit_webpage", activity_schema(VISIT), None)
+    return {1: builder}
+
+
+def _read(tmp_path: Path, body: bytes) -> tuple[list[dict], Problems]:
+    path = tmp_path / "export.csv"
+    path.write_bytes(body)
+    problems = Problems("test")
+    records = [r for _, r in read_records(path, "CSV", _builders(), problems)]
+    return records, problems
+
+
+HEADER = (b"marketoGUID,leadId,activityDate,activityTypeId,campaignId,"
+          b"primaryAttributeValueId,primaryAttributeValue,attributes\n")
+
+
+def _attrs(value: dict) -> bytes:
+    return b'"' + json.dumps(value).encode().replace(b'"', b'""') + b'"'
+
+
+def test_values_come_out_exactly_and_typed(tmp_path: Path) -> None:
+    hostile = 'a,b;c\t"q" \r\n\r line\n ü 漢 😀'
+    attrs = {"Personalized URL": True, "Webpage URL": hostile, "Score": "7", "Extra": 1}
+    body = HEADER + b'9,5,2024-01-01T00:00:00Z,1,null,42,"' + \
+        hostile.replace('"', '""').encode() + b'",' + _attrs(attrs) + b"\n"
+    records, problems = _read(tmp_path, body)
+    assert records == [{
+        "marketoGUID": "9", "leadId": 5, "activityDate": "2024-01-01T00:00:00Z",
+        "activityTypeId": 1, "campaignId": None, "primaryAttributeValueId": 42,
+        "primaryAttributeValue": hostile, "attributes": attrs,
+        "personalized_url": True, "webpage_url": hostile, "score": 7,
+    }]
+    assert not problems.counts
+
+
+def test_an_uncastable_value_leaves_the_column_null_and_is_counted(tmp_path: Path) -> None:
+    body = HEADER + b"9,5,2024-01-01T00:00:00Z,1,7,x,p," + _attrs({"Score": "many"}) + b"\n"
+    records, problems = _read(tmp_path, body)
+    assert records[0]["score"] is None and records[0]["attributes"] == {"Score": "many"}
+    assert records[0]["primaryAttributeValueId"] is None
+    assert problems.counts["uncastable activities_visit_webpage.score"] == 1
+
+
+def test_dirty_rows_are_kept_and_counted(tmp_path: Path) -> None:
+    body = (HEADER
+            + b"1,5,2024-01-01T00:00:00Z,1,7,3,stray\rCR,null\n"
+            + b"2,5,2024-01-01T00:00:00Z,1,7,3,nul\x00byte,null\n"
+            + b"3,5,2024-01-01T00:00:00Z,1,7,3,bad \xff utf8,null\n"
+            + b'4,5,2024-01-01T00:00:00Z,1,7,3,p,"{""broken"n\n'
+            + b"5,5,2024-01-01T00:00:00Z,1\n")
+    records, problems = _read(tmp_path, body)
+    assert [r["marketoGUID"] for r in records] == ["1", "2", "3", "4", "5"]
+    assert records[0]["primaryAttributeValue"] == "stray\rCR"
+    assert records[1]["primaryAttributeValue"] == "nul\x00byte"
+    assert records[2]["primaryAttributeValue"] == "bad \ufffd utf8"
+    assert set(records[3]["attributes"]) == {"_unparsed"}
+    assert records[4]["campaignId"] is None
+    assert set(problems.counts) == {
+        "stray CR in an unquoted value", "invalid UTF-8 replaced by U+FFFD",
+        "attributes is not valid JSON; kept as text under `_unparsed`",
+        "4 cells where the header has 8"}
