@@ -29,8 +29,8 @@ from tap_marketo_activities.settings import isoformat
 logger = logging.getLogger(__name__)
 
 EXPORT_PATH = "/bulk/v1/activities/export"
-DEFAULT_FIELDS = ("marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
-                  "primaryAttributeValueId", "primaryAttributeValue", "attributes")
+EXPORT_FIELDS = ("marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
+                 "primaryAttributeValueId", "primaryAttributeValue", "attributes", "actionResult")
 FIRST_POLL_SECONDS = 3.0
 POLL_GROWTH = 1.5
 QUEUE_FULL_WAIT_SECONDS = 30.0
@@ -59,7 +59,7 @@ class JobSpec:
     start: dt.datetime
     end: dt.datetime
     type_ids: tuple[int, ...]
-    fields: tuple[str, ...] = DEFAULT_FIELDS
+    fields: tuple[str, ...] = EXPORT_FIELDS
     export_format: str = "CSV"
 
     def body(self) -> dict[str, Any]:

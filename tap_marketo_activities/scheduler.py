@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tap_marketo_activities.client import MarketoClient, QuotaExhausted
 from tap_marketo_activities.export import (
-    DEFAULT_FIELDS,
+    EXPORT_FIELDS,
     CompletedExport,
     ExportJob,
     JobSpec,
@@ -69,9 +69,10 @@ def plan_jobs(
     type_ids: Mapping[str, int],
     end: dt.datetime,
     width: dt.timedelta,
-    fields: tuple[str, ...] = DEFAULT_FIELDS,
+    fields: Mapping[str, set[str]] | None = None,
 ) -> list[PlannedJob]:
-    """One job per distinct window, serving every stream that needs that window."""
+    """One job per distinct window, serving every stream that needs that window, asking
+    for the columns those streams need (all of them when `fields` is not given)."""
     by_window: dict[tuple[dt.datetime, dt.datetime], list[str]] = {}
     for stream, windows in grid_windows(starts, end, width).items():
         for window in windows:
@@ -79,7 +80,9 @@ def plan_jobs(
     jobs = []
     for (lower, upper), streams in sorted(by_window.items()):
         ids = tuple(sorted({type_ids[s] for s in streams}))
-        jobs.append(PlannedJob(JobSpec(lower, upper, ids, fields), sorted(streams),
+        needed = set().union(*(fields[s] for s in streams)) if fields else set(EXPORT_FIELDS)
+        columns = tuple(f for f in EXPORT_FIELDS if f in needed)
+        jobs.append(PlannedJob(JobSpec(lower, upper, ids, columns), sorted(streams),
                                consumers_left=set(streams)))
     return jobs
 

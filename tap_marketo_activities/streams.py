@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from singer_sdk import Stream
-from singer_sdk.helpers._typing import TypeConformanceLevel
+from singer_sdk.helpers.conform import TypeConformanceLevel
 
 from tap_marketo_activities.export import JobTimings
 from tap_marketo_activities.quota import ExportQuota
 from tap_marketo_activities.records import Problems, RecordBuilder, read_records
 from tap_marketo_activities.scheduler import ExportScheduler, PlannedJob, plan_jobs
-from tap_marketo_activities.schema import KEY, REPLICATION_KEY, type_id_of
+from tap_marketo_activities.schema import BASE_COLUMNS, KEY, REPLICATION_KEY, type_id_of
 from tap_marketo_activities.settings import Settings, isoformat, parse_instant
 
 if TYPE_CHECKING:
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from tap_marketo_activities.client import MarketoClient
 
 logger = logging.getLogger(__name__)
+
+ALWAYS_EXPORTED = frozenset({KEY, REPLICATION_KEY, "activityTypeId"})
 
 
 class ActivityStream(Stream):
@@ -56,6 +58,14 @@ class ActivityStream(Stream):
     def selected_columns(self) -> set[str]:
         return {name for name in self.schema["properties"]
                 if self.mask.get(("properties", name), True)}
+
+    def export_fields(self) -> set[str]:
+        """The export columns this stream's selected fields need."""
+        selected = self.selected_columns()
+        fields = {c for c in selected if c in BASE_COLUMNS} | ALWAYS_EXPORTED
+        if selected - BASE_COLUMNS:
+            fields.add("attributes")  # typed attribute columns are read from it
+        return fields
 
     def start_instant(self, settings: Settings) -> dt.datetime:
         """Where this stream resumes: its bookmark, or start_date when later or unset."""
@@ -123,7 +133,9 @@ class SharedExports:
               streams: list[ActivityStream]) -> SharedExports:
         starts = {s.name: s.start_instant(settings) for s in streams}
         type_ids = {s.name: s.type_id for s in streams}
-        jobs = plan_jobs(starts, type_ids, settings.end, dt.timedelta(days=settings.window_days))
+        fields = {s.name: s.export_fields() for s in streams}
+        jobs = plan_jobs(starts, type_ids, settings.end, dt.timedelta(days=settings.window_days),
+                         fields)
         for stream in streams:
             logger.info("%s: windows from %s to %s.", stream.name, isoformat(starts[stream.name]),
                         isoformat(settings.end))
