@@ -34,7 +34,7 @@ EXPORT_FIELDS = ("marketoGUID", "leadId", "activityDate", "activityTypeId", "cam
 FIRST_POLL_SECONDS = 3.0
 POLL_GROWTH = 1.5
 QUEUE_FULL_WAIT_SECONDS = 30.0
-FILE_NOT_READY_TRIES = 6  # Marketo has said Completed a moment before the file was there
+FILE_NOT_READY_TRIES = 4  # Marketo has said Completed a moment before the file was there
 DOWNLOAD_RESUMES = 20
 CHECKSUM_ATTEMPTS = 3
 CHUNK_BYTES = 1 << 20
@@ -71,6 +71,12 @@ class JobSpec:
                 "activityTypeIds": list(self.type_ids),
             },
         }
+
+    def key(self) -> dict[str, Any]:
+        """What identifies this export for re-attaching to it in a later run."""
+        return {"startAt": isoformat(self.start), "endAt": isoformat(self.end),
+                "activityTypeIds": list(self.type_ids), "fields": list(self.fields),
+                "format": self.export_format}
 
     @property
     def label(self) -> str:
@@ -111,15 +117,27 @@ class ExportJob:
     def run(self) -> CompletedExport:
         failures = 0
         timeouts = 0
+        if self.export_id is not None:
+            self._note(f"re-attaching to {self.export_id} from the last run")
         while True:
             if self.export_id is None:
                 self.export_id = self._create()
-            outcome, status = self._follow(self.export_id)
+            try:
+                outcome, status = self._follow(self.export_id)
+            except FatalError as exc:
+                if self.status != "New":
+                    raise
+                self._note(f"job of the last run is not usable ({exc}): creating a new one")
+                self.export_id = None
+                continue
             if outcome == "Completed":
                 try:
                     return self._download(self.export_id, status)
                 except FileGone:
-                    self._note("file gone (past Marketo's retention): creating a new job")
+                    failures += 1
+                    if failures >= self.timings.max_attempts:
+                        raise JobFailed(self._failure("never served its file")) from None
+                    self._note("file gone (past Marketo's retention?): creating a new job")
                     self.export_id = None
                     continue
             if outcome == "Timeout":
@@ -188,16 +206,18 @@ class ExportJob:
             self._note(state.lower())
         return status
 
-    def _cancel(self, export_id: str) -> None:
+    def _cancel(self, export_id: str) -> bool:
         try:
             self.client.result("POST", f"{EXPORT_PATH}/{export_id}/cancel.json")
-            self._note("cancelled")
-        except Exception as exc:  # cancelling is best effort on the way out
+        except Exception as exc:  # best effort on the way out; the state keeps its id
             logger.warning("Could not cancel export %s: %s", export_id, exc)
+            return False
+        self._note("cancelled")
+        return True
 
     def cancel_if_running(self) -> None:
-        if self.export_id and self.status in ("Created", "Queued", "Processing"):
-            self._cancel(self.export_id)
+        if self.export_id and self.status in ("Created", "Queued", "Processing") and \
+                self._cancel(self.export_id):
             self.status = "Cancelled"
 
     # -- download -----------------------------------------------------------------------
@@ -249,7 +269,7 @@ class ExportJob:
                     not_ready += 1
                     if not_ready >= FILE_NOT_READY_TRIES:
                         raise FileGone(f"Export {export_id}: file.json answers 404") from None
-                    self._sleep(min(2.0 * not_ready, 10.0))
+                    self._sleep(float(not_ready))
                 except requests.RequestException as exc:
                     breaks += 1
                     if breaks > DOWNLOAD_RESUMES:

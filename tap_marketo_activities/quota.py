@@ -48,8 +48,10 @@ class ExportQuota:
     def __init__(self, cap_bytes: float, used_bytes: int = 0) -> None:
         self.cap_bytes = cap_bytes
         self.used_bytes = used_bytes
-        self.largest_per_day = 0.0  # bytes per window-day of the largest file so far
-        self._lock = threading.Lock()
+        self.reserved_bytes = 0.0
+        self.running = 0
+        self.bytes_per_day = 0.0  # the largest seen so far: the estimate for the next job
+        self._cond = threading.Condition()
 
     @classmethod
     def from_marketo(cls, client: MarketoClient, cap_bytes: float) -> ExportQuota:
@@ -73,24 +75,42 @@ class ExportQuota:
                     "before %.1f MB (max_export_mb_per_day).", used / MB, cap_bytes / MB)
         return cls(cap_bytes, used)
 
-    def check_room(self, spec: Any) -> None:
-        """Refuse to start a job that would likely take the day's total over the cap."""
-        days = max((spec.end - spec.start).total_seconds() / 86400, 1 / 24)
-        with self._lock:
-            estimate = self.largest_per_day * days
-            if self.used_bytes + estimate <= self.cap_bytes:
-                return
+    def reserve(self, spec: Any) -> float:
+        """Book room for a job before it starts, or stop cleanly. Until one job of this run
+        has finished there is nothing to estimate from: then, once over half the cap is
+        used, the first job runs alone so that its size can be learnt."""
+        days = _days(spec)
+        with self._cond:
+            while self.bytes_per_day == 0 and self.running > 0 and \
+                    self.used_bytes > self.cap_bytes / 2:
+                self._cond.wait(timeout=1.0)
+            estimate = self.bytes_per_day * days * 1.2
+            if self.used_bytes + self.reserved_bytes + estimate > self.cap_bytes:
+                raise QuotaExhausted(self._refusal(estimate))
+            self.reserved_bytes += estimate
+            self.running += 1
+            return estimate
+
+    def settle(self, spec: Any, reserved: float, file_size: int | None) -> None:
+        """A job ended: its real size replaces its reservation (None: it exported nothing)."""
+        with self._cond:
+            self.reserved_bytes -= reserved
+            self.running -= 1
+            if file_size is not None:
+                self.used_bytes += file_size
+                self.bytes_per_day = max(self.bytes_per_day, file_size / _days(spec), 1.0)
+            self._cond.notify_all()
+
+    def _refusal(self, estimate: float) -> str:
         now = dt.datetime.now(dt.timezone.utc)
-        raise QuotaExhausted(
+        return (
             f"This tap's daily export cap is reached: {self.used_bytes / MB:.1f} MB used "
-            f"today, the next window would need about {estimate / MB:.1f} MB more, and "
+            f"today, the next window needs about {estimate / MB:.1f} MB more, and "
             f"max_export_mb_per_day is {self.cap_bytes / MB:.1f}. The quota resets at "
             f"midnight US Central ({next_reset(now):%Y-%m-%d %H:%M %Z}); run again after "
             "that and the sync resumes from its state."
         )
 
-    def add(self, spec: Any, file_size: int) -> None:
-        days = max((spec.end - spec.start).total_seconds() / 86400, 1 / 24)
-        with self._lock:
-            self.used_bytes += file_size
-            self.largest_per_day = max(self.largest_per_day, file_size / days)
+
+def _days(spec: Any) -> float:
+    return max((spec.end - spec.start).total_seconds() / 86400, 1 / 24)

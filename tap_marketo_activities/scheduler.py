@@ -15,8 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,8 @@ from tap_marketo_activities.quota import ExportQuota
 
 logger = logging.getLogger(__name__)
 
+WAIT_TICK_SECONDS = 1.0
+
 
 @dataclass
 class PlannedJob:
@@ -41,6 +43,11 @@ class PlannedJob:
     future: Future[CompletedExport] | None = None
     job: ExportJob | None = None
     consumers_left: set[str] = field(default_factory=set)
+
+
+def _key(export: Mapping) -> tuple:
+    return (export.get("startAt"), export.get("endAt"), tuple(export.get("activityTypeIds", ())),
+            tuple(export.get("fields", ())), export.get("format", "CSV"))
 
 
 def grid_windows(
@@ -91,8 +98,10 @@ class ExportScheduler:
     """Runs planned jobs ahead of the streams that read them, in window order."""
 
     def __init__(self, client: MarketoClient, jobs: list[PlannedJob], workdir: Path,
-                 timings: JobTimings, max_in_queue: int, quota: ExportQuota) -> None:
+                 timings: JobTimings, max_in_queue: int, quota: ExportQuota,
+                 earlier_exports: Iterable[Mapping] = ()) -> None:
         self.client = client
+        self.earlier = {_key(e): str(e["exportId"]) for e in earlier_exports if "exportId" in e}
         self.jobs = jobs
         self.workdir = workdir
         self.timings = timings
@@ -101,6 +110,7 @@ class ExportScheduler:
         self._pool = ThreadPoolExecutor(max_workers=max_in_queue,
                                         thread_name_prefix="export")
         self._started = False
+        self.refusal: QuotaExhausted | None = None
 
     def start(self) -> None:
         if self._started:
@@ -112,12 +122,19 @@ class ExportScheduler:
     def windows_of(self, stream: str) -> list[PlannedJob]:
         return [job for job in self.jobs if stream in job.streams]
 
-    def result(self, planned: PlannedJob) -> CompletedExport:
-        """Wait for a job's file. Raises the job's error (after stopping the others)."""
+    def result(self, planned: PlannedJob, on_wait: Callable[[], None]) -> CompletedExport:
+        """Wait for a job's file, calling `on_wait` now and then. Raises the job's error
+        (after stopping the others)."""
         self.start()
         assert planned.future is not None
         try:
-            return planned.future.result()
+            while True:
+                try:
+                    return planned.future.result(timeout=WAIT_TICK_SECONDS)
+                except TimeoutError:
+                    on_wait()
+        except QuotaExhausted:
+            raise  # jobs already under way still finish: other streams want their files
         except BaseException:
             self.stop.set()
             raise
@@ -129,27 +146,51 @@ class ExportScheduler:
                 and not planned.future.exception():
             planned.future.result().path.unlink(missing_ok=True)
 
-    def close(self) -> None:
-        """Stop starting jobs, cancel ours still in Marketo's queue, wait for the workers."""
+    def close(self, wait_seconds: float = 8.0) -> None:
+        """Stop starting jobs; the workers cancel ours still in Marketo's queue. Waits a
+        bounded time, so that a signal is answered within seconds."""
         self.stop.set()
-        for planned in self.jobs:
-            if planned.future:
-                planned.future.cancel()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        running = [p.future for p in self.jobs if p.future and not p.future.done()]
+        wait(running, timeout=wait_seconds)
+        for job in self.in_flight():
+            job.cancel_if_running()  # a worker still inside a long call
 
     def _run(self, planned: PlannedJob) -> CompletedExport:
         if self.stop.is_set():
             raise Stopped(planned.spec.label)
-        self.quota.check_room(planned.spec)
-        job = ExportJob(self.client, planned.spec, self.workdir, self.timings, self.stop)
+        if self.refusal is not None:
+            raise self.refusal  # no new job today; earlier windows still finish
+        try:
+            reserved = self.quota.reserve(planned.spec)
+        except QuotaExhausted as exc:
+            self.refusal = exc
+            raise
+        earlier = self.earlier.pop(_key(planned.spec.key()), None)
+        job = ExportJob(self.client, planned.spec, self.workdir, self.timings, self.stop,
+                        earlier)
         planned.job = job
+        size = None
         try:
             done = job.run()
-        except QuotaExhausted:
-            self.stop.set()
+            size = done.file_size
+            return done
+        except QuotaExhausted as exc:
+            self.refusal = exc
             raise
-        self.quota.add(planned.spec, done.file_size)
-        return done
+        finally:
+            self.quota.settle(planned.spec, reserved, size)
+
+    def exports_to_keep(self) -> list[dict]:
+        """Our jobs in Marketo whose file some stream still needs, to re-attach to after a
+        crash instead of paying for the same export again."""
+        keep = []
+        for planned in self.jobs:
+            job = planned.job
+            if job and job.export_id and planned.consumers_left and \
+                    job.status in ("Created", "Queued", "Processing", "Completed"):
+                keep.append({"exportId": job.export_id, **planned.spec.key()})
+        return keep
 
     def in_flight(self) -> Iterable[ExportJob]:
         return [p.job for p in self.jobs if p.job and p.job.status in

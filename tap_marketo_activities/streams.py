@@ -14,7 +14,7 @@ import marshal
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from singer_sdk import Stream
 from singer_sdk.helpers.conform import TypeConformanceLevel
 
+from tap_marketo_activities.client import QuotaExhausted
 from tap_marketo_activities.export import JobTimings
 from tap_marketo_activities.quota import ExportQuota
 from tap_marketo_activities.records import Problems, RecordBuilder, read_records
@@ -81,15 +82,23 @@ class ActivityStream(Stream):
             lower, upper = isoformat(planned.spec.start), isoformat(planned.spec.end)
             edge: set[str] = set()
             count = 0
-            for record in exports.records(planned, self):
-                stamp = record[REPLICATION_KEY]
-                # An inclusive endAt hands the boundary second to two windows of one run.
-                if stamp == lower and record[KEY] in previous_edge:
-                    continue
-                if stamp == upper:
-                    edge.add(record[KEY])
-                count += 1
-                yield record
+            try:
+                for record in exports.records(planned, self):
+                    stamp = record[REPLICATION_KEY]
+                    # An inclusive endAt hands the boundary second to two windows of a run.
+                    if stamp == lower and record[KEY] in previous_edge:
+                        continue
+                    if stamp == upper:
+                        edge.add(record[KEY])
+                    count += 1
+                    yield record
+            except QuotaExhausted as exc:
+                # The windows already exported still reach every stream; the sync ends
+                # with this stop once they have (tap.sync_all).
+                exports.refusal = exc
+                logger.warning("%s: stopping before window %s .. %s: export quota.",
+                               self.name, lower, upper)
+                return
             previous_edge = edge
             self._checkpoint(upper)
             self.windows_done += 1
@@ -101,6 +110,7 @@ class ActivityStream(Stream):
         state = self.stream_state
         state["replication_key"] = REPLICATION_KEY
         state["replication_key_value"] = bookmark
+        self._tap.note_exports_in_state()  # type: ignore[attr-defined]
         self.state_manager.is_flushed = False
         self._write_state_message()
 
@@ -123,14 +133,16 @@ class SharedExports:
     scheduler: ExportScheduler
     workdir: Path
     export_format: str = "CSV"
+    on_wait: Callable[[], None] = lambda: None
+    refusal: QuotaExhausted | None = None
     spools: dict[tuple[int, str], _Spool] = field(default_factory=dict)
     builders: dict[str, RecordBuilder] = field(default_factory=dict)
     bytes_downloaded: int = 0
     started: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def begin(cls, client: MarketoClient, settings: Settings,
-              streams: list[ActivityStream]) -> SharedExports:
+    def begin(cls, client: MarketoClient, settings: Settings, streams: list[ActivityStream],
+              earlier_exports: list[dict[str, Any]]) -> SharedExports:
         starts = {s.name: s.start_instant(settings) for s in streams}
         type_ids = {s.name: s.type_id for s in streams}
         fields = {s.name: s.export_fields() for s in streams}
@@ -147,7 +159,7 @@ class SharedExports:
         timings = JobTimings(settings.poll_interval, settings.job_timeout,
                              settings.max_job_attempts)
         scheduler = ExportScheduler(client, jobs, workdir, timings, settings.max_jobs_in_queue,
-                                    quota)
+                                    quota, earlier_exports)
         shared = cls(scheduler, workdir)
         for stream in streams:
             shared.builders[stream.name] = RecordBuilder(stream.name, stream.schema,
@@ -169,7 +181,7 @@ class SharedExports:
 
     def _split(self, index: int, planned: PlannedJob, mine: str) -> Iterator[dict[str, Any]]:
         """Read a job's file once: yield this stream's records, spool the others'."""
-        done = self.scheduler.result(planned)
+        done = self.scheduler.result(planned, self.on_wait)
         others = [s for s in planned.consumers_left if s != mine]
         builders = {self.builders[s].type_id: self.builders[s] for s in [mine, *others]}
         spools = {s: _Spool(self.workdir / f"{index}-{s}.spool") for s in others}

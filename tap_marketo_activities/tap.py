@@ -22,6 +22,7 @@ from tap_marketo_activities.streams import ActivityStream, SharedExports
 logger = logging.getLogger(__name__)
 
 TYPES_PATH = "/rest/v1/activities/types.json"
+EXPORTS_STATE_KEY = "marketo_exports"  # our jobs still in Marketo, to re-attach after a crash
 
 
 class TapMarketoActivities(Tap):
@@ -92,14 +93,36 @@ class TapMarketoActivities(Tap):
 
     # -- sync ---------------------------------------------------------------------------
 
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        if state.get(EXPORTS_STATE_KEY):  # the SDK keeps only `bookmarks`
+            self.state[EXPORTS_STATE_KEY] = state[EXPORTS_STATE_KEY]
+
     @property
     def exports(self) -> SharedExports:
         """The sync's export jobs, planned when the first stream asks for records."""
         if self._exports is None:
             selected = [s for s in self.streams.values()
                         if isinstance(s, ActivityStream) and s.selected]
-            self._exports = SharedExports.begin(self.client, self.settings, selected)
+            earlier = self.state.get(EXPORTS_STATE_KEY) or []
+            self._exports = SharedExports.begin(self.client, self.settings, selected, earlier)
+            self._exports.on_wait = self.save_exports_in_state
         return self._exports
+
+    def note_exports_in_state(self) -> bool:
+        """Put our jobs still needed into the state; True when that changed it."""
+        keep = self._exports.scheduler.exports_to_keep() if self._exports else []
+        if self.state.get(EXPORTS_STATE_KEY, []) == keep:
+            return False
+        if keep:
+            self.state[EXPORTS_STATE_KEY] = keep
+        else:
+            self.state.pop(EXPORTS_STATE_KEY, None)
+        return True
+
+    def save_exports_in_state(self) -> None:
+        if self.note_exports_in_state():
+            self.state_writer.write_state(self.state)
 
     def sync_all(self) -> None:
         started = time.monotonic()
@@ -108,6 +131,8 @@ class TapMarketoActivities(Tap):
         finally:
             self._stop_exports()
         self._log_summary(time.monotonic() - started)
+        if self._exports is not None and self._exports.refusal is not None:
+            raise self._exports.refusal
 
     def run_sync_dry_run(self, *args: Any, **kwargs: Any) -> bool:
         try:
@@ -118,6 +143,7 @@ class TapMarketoActivities(Tap):
     def _stop_exports(self) -> None:
         if self._exports is not None:
             self._exports.close()
+            self.note_exports_in_state()
             self.state_writer.write_state(self.state)
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:

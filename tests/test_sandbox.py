@@ -179,3 +179,28 @@ def test_same_seed_same_data() -> None:
     first = Sandbox(seed=11).expected("2024-03-01T00:00:00Z", "2024-03-02T00:00:00Z")
     second = Sandbox(seed=11).expected("2024-03-01T00:00:00Z", "2024-03-02T00:00:00Z")
     assert first == second and first
+
+
+def test_dirty_rows_cover_every_kind(sandbox: Sandbox) -> None:
+    http = session(sandbox)
+    sandbox.set_faults(dirty_rows=True)
+    export_id = create(sandbox, http, fields=ALL_FIELDS)
+    http.post(f"{sandbox.base_url}{EXPORT}/{export_id}/enqueue.json", timeout=5)
+    job = wait_done(sandbox, http, export_id)
+    body = http.get(f"{sandbox.base_url}{EXPORT}/{export_id}/file.json", timeout=5).content
+    assert job["numberOfRecords"] >= 190
+    assert "sha256:" + hashlib.sha256(body).hexdigest() == job["fileChecksum"]
+    kinds = set(sandbox.dirty_guids().values())
+    assert kinds == {"nul", "stray_cr", "unescaped_quote", "invalid_utf8", "broken_json",
+                     "short_row"}
+    assert b"\x00" in body and b"\xff\xfe" in body
+
+
+def test_reset_fault_closes_connection(sandbox: Sandbox) -> None:
+    http = session(sandbox)
+    sandbox.set_faults(reset_rate=1.0)
+    with pytest.raises(requests.ConnectionError):
+        http.get(sandbox.base_url + "/rest/v1/activities/types.json", timeout=5)
+    sandbox.clear_faults()
+    answer = http.get(sandbox.base_url + "/rest/v1/activities/types.json", timeout=5)
+    assert answer.json()["success"] is True

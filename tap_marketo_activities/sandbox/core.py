@@ -1,0 +1,188 @@
+"""The public Sandbox object: a fake Marketo REST/Bulk API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from datetime import datetime
+from typing import Any
+
+from .catalog import activity_types
+from .data import Dataset, matches, to_time
+from .jobs import OURS, JobBoard
+from .limits import CallLimits, Faults
+from .server import SandboxServer
+from .service import Service, Settings
+
+TICK = 0.01
+
+
+class Sandbox:
+    def __init__(
+        self,
+        seed: int = 7,
+        data_start: str = "2024-01-01T00:00:00Z",
+        data_end: str = "2024-07-01T00:00:00Z",
+        activities_per_day: int = 48,
+        job_latency: float = 0.3,
+        processing_slots: int = 2,
+        queue_limit: int = 10,
+        rate_limit_calls: int = 100,
+        rate_limit_window: float = 20.0,
+        concurrency_limit: int = 10,
+        daily_call_limit: int = 50000,
+        export_quota_bytes: int = 500 * 1024 * 1024,
+        token_ttl: float = 3600,
+        end_inclusive: bool = True,
+        client_id: str = "sandbox-client",
+        client_secret: str = "sandbox-secret-do-not-log",
+        port: int = 0,
+        ssv_delimiter: str = ";",
+    ) -> None:
+        self.data_start = data_start
+        self.end_inclusive = end_inclusive
+        self.port = port
+        self.lock = threading.RLock()
+        self.dataset = Dataset(seed, data_start, data_end, activities_per_day)
+        self.workdir = ""
+        self.board = JobBoard(self.dataset, self.workdir, job_latency, processing_slots,
+                              queue_limit, self.lock)
+        settings = Settings(client_id=client_id, client_secret=client_secret,
+                            token_ttl=token_ttl, end_inclusive=end_inclusive,
+                            export_quota_bytes=export_quota_bytes,
+                            delimiters={"CSV": ",", "TSV": "\t", "SSV": ssv_delimiter})
+        limits = CallLimits(rate_limit_calls, rate_limit_window, concurrency_limit,
+                            daily_call_limit)
+        self.service = Service(seed, self.dataset, settings, limits, self.board, self.lock)
+        self.server: SandboxServer | None = None
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    # ---- lifecycle ------------------------------------------------------------
+
+    def start(self) -> str:
+        if self.server is not None:
+            return self.base_url
+        self.workdir = tempfile.mkdtemp(prefix="marketo-sandbox-")
+        self.board.workdir = self.workdir
+        self.server = SandboxServer(self.port, self.service)
+        self.threads = [
+            threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                             daemon=True, name="sandbox-http"),
+            threading.Thread(target=self.tick, daemon=True, name="sandbox-jobs"),
+        ]
+        for thread in self.threads:
+            thread.start()
+        return self.base_url
+
+    def tick(self) -> None:
+        while not self.stopping.wait(TICK):
+            with self.lock:
+                self.board.advance()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self.lock:
+            self.board.closed = True
+            for job in self.board.jobs.values():
+                job.cancelled.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        for thread in self.threads:
+            thread.join(timeout=5)
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Sandbox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if self.server is None:
+            raise RuntimeError("Sandbox is not started")
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        settings = self.service.settings
+        return {"client_id": settings.client_id, "client_secret": settings.client_secret,
+                "base_url": self.base_url, "start_date": self.data_start}
+
+    # ---- data -------------------------------------------------------------------
+
+    def activity_types(self) -> list[dict[str, Any]]:
+        return activity_types()
+
+    def expected(self, start: str | datetime, end: str | datetime,
+                 type_ids: list[int] | None = None,
+                 primary_ids: list[Any] | None = None,
+                 primary_values: list[str] | None = None) -> list[dict[str, Any]]:
+        """What a job with this createdAt window and filters returns, oldest first."""
+        indices = self.dataset.index_range(to_time(start), to_time(end), self.end_inclusive)
+        wanted = frozenset(type_ids) if type_ids else None
+        ids = frozenset(primary_ids) if primary_ids else None
+        values = frozenset(primary_values) if primary_values else None
+        rows = []
+        for index in indices:
+            if wanted is not None and self.dataset.type_id(index) not in wanted:
+                continue
+            activity = self.dataset.activity(index)
+            if matches(activity, None, ids, values):
+                rows.append(activity)
+        return rows
+
+    def expected_deleted_leads(self, since: str) -> list[dict[str, Any]]:
+        return self.service.deleted.expected(since)
+
+    # ---- faults and stats ---------------------------------------------------------
+
+    def set_faults(self, **kwargs: Any) -> None:
+        unknown = set(kwargs) - Faults.names() - {"export_quota_bytes"}
+        if unknown:
+            raise TypeError(f"unknown fault(s): {', '.join(sorted(unknown))}")
+        with self.lock:
+            faults = self.service.faults
+            for name, value in kwargs.items():
+                if name == "export_quota_bytes":
+                    self.service.settings.export_quota_bytes = int(value)
+                elif name == "error_rate":
+                    faults.error_rate = {str(k): float(v) for k, v in (value or {}).items()}
+                else:
+                    setattr(faults, name, value)
+            if "quota_607_after" in kwargs:
+                self.service.quota_607_left = kwargs["quota_607_after"]
+            if "foreign_jobs" in kwargs:
+                self.board.set_foreign(int(kwargs["foreign_jobs"] or 0), self.service.new_id)
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.service.faults = Faults()
+            self.service.quota_607_left = None
+            self.board.set_foreign(0, self.service.new_id)
+
+    def dirty_guids(self) -> dict[str, str]:
+        with self.lock:
+            return dict(self.board.dirty_guids)
+
+    def stats(self) -> dict[str, Any]:
+        service, board, limits = self.service, self.board, self.service.limits
+        with self.lock:
+            board.advance()
+            return {
+                "calls": dict(service.calls),
+                "types_calls": service.types_calls,
+                "token_calls": service.token_calls,
+                "jobs": [job.summary() for job in board.jobs.values() if job.owner == OURS],
+                "max_processing": board.max_processing,
+                "max_queued_or_processing": board.max_active,
+                "refused": dict(limits.refused),
+                "max_in_flight": limits.max_in_flight,
+                "export_bytes_today": board.bytes_today(),
+                "injected": dict(service.injected),
+            }

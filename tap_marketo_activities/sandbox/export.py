@@ -1,0 +1,217 @@
+"""Writing an export file: header, quoting, shuffled rows, optional dirty rows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from .data import Dataset, matches
+
+ALL_FIELDS = ["marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
+              "primaryAttributeValueId", "primaryAttributeValue", "attributes", "actionResult"]
+DEFAULT_FIELDS = ALL_FIELDS[:8]
+DIRTY_KINDS = ["nul", "stray_cr", "unescaped_quote", "invalid_utf8", "broken_json", "short_row"]
+VALUE_KINDS = {"nul", "stray_cr", "unescaped_quote", "invalid_utf8"}
+DIRTY_EVERY = 32
+
+
+@dataclass
+class ExportSpec:
+    indices: range
+    fields: list[str]
+    header_names: dict[str, str]
+    delimiter: str
+    type_ids: frozenset[int] | None
+    primary_ids: frozenset[Any] | None = None
+    primary_values: frozenset[str] | None = None
+    shuffle_seed: int = 0
+    dirty: bool = False
+
+
+@dataclass
+class ExportResult:
+    records: int = 0
+    size: int = 0
+    sha256: str = ""
+    dirty: dict[str, str] = field(default_factory=dict)
+
+
+def cell_text(name: str, value: Any) -> str:
+    if value is None:
+        return "null"
+    if name == "attributes":
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return str(value)
+
+
+def quote(text: str, delimiter: str) -> str:
+    if delimiter in text or '"' in text or "\r" in text or "\n" in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def join_row(cells: list[str], delimiter: str) -> bytes:
+    if cells == [""]:
+        cells = ['""']  # a lone empty cell would read back as a blank line
+    return (delimiter.join(cells) + "\n").encode("utf-8")
+
+
+class DirtyPlanner:
+    """Decides which rows get which defect, cycling through the kinds the fields allow."""
+
+    def __init__(self, fields: list[str]) -> None:
+        self.fields = fields
+        self.kinds = [kind for kind in DIRTY_KINDS if self.possible(kind)]
+        self.pending: list[str] = []
+        self.next_kind = 0
+
+    def possible(self, kind: str) -> bool:
+        if kind in VALUE_KINDS:
+            return "primaryAttributeValue" in self.fields
+        if kind == "broken_json":
+            return "attributes" in self.fields
+        return len(self.fields) >= 3
+
+    def due(self, position: int) -> None:
+        if self.kinds and position % DIRTY_EVERY == DIRTY_EVERY // 4:
+            self.pending.append(self.kinds[self.next_kind % len(self.kinds)])
+            self.next_kind += 1
+
+    def apply(self, activity: dict[str, Any], delimiter: str) -> bytes | None:
+        """The dirty line for this row, or None when no defect fits it."""
+        if not self.pending:
+            return None
+        kind = self.pending[0]
+        line = make_dirty(kind, activity, self.fields, delimiter)
+        if line is not None:
+            self.pending.pop(0)
+        return line
+
+
+def plain_enough(value: Any, delimiter: str) -> bool:
+    if not isinstance(value, str) or not 3 <= len(value) <= 200:
+        return False
+    return not any(ch in value for ch in (delimiter, '"', "\r", "\n", "\t", ";", ","))
+
+
+def make_dirty(kind: str, activity: dict[str, Any], fields: list[str],
+               delimiter: str) -> bytes | None:
+    cells = [quote(cell_text(name, activity[name]), delimiter) for name in fields]
+    if kind == "short_row":
+        return join_row(cells[:-2], delimiter)
+    if kind == "broken_json":
+        attributes = activity["attributes"]
+        if not attributes:
+            return None
+        text = cell_text("attributes", attributes)[:-1]
+        cells[fields.index("attributes")] = quote(text, delimiter)
+        return join_row(cells, delimiter)
+    value = activity["primaryAttributeValue"]
+    if not plain_enough(value, delimiter):
+        return None
+    middle = len(value) // 2
+    column = fields.index("primaryAttributeValue")
+    if kind == "invalid_utf8":
+        marker = "\x00MARK\x00"
+        cells[column] = value[:middle] + marker + value[middle:]
+        return join_row(cells, delimiter).replace(marker.encode(), b"\xff\xfe")
+    broken = {
+        "nul": value[:middle] + "\x00" + value[middle:],
+        "stray_cr": value[:middle] + "\r" + value[middle:],
+        "unescaped_quote": '"' + value[:middle] + '"' + value[middle:] + '"',
+    }
+    cells[column] = broken[kind]
+    return join_row(cells, delimiter)
+
+
+OWN_FIELDS = ("marketoGUID", "leadId", "activityDate", "campaignId")
+
+
+class RowWriter:
+    """Serialises rows; the quoted cells of each pooled body are computed once."""
+
+    def __init__(self, dataset: Dataset, spec: ExportSpec) -> None:
+        self.dataset = dataset
+        self.spec = spec
+        self.keep: dict[int, bool] = {}
+        self.cells: dict[int, list[str]] = {}
+        self.own_slots = [(position, OWN_FIELDS.index(name))
+                          for position, name in enumerate(spec.fields) if name in OWN_FIELDS]
+
+    def wanted(self, index: int) -> bool:
+        number = self.dataset.body_index(index)
+        keep = self.keep.get(number)
+        if keep is None:
+            spec = self.spec
+            keep = matches(self.dataset.body(number), spec.type_ids, spec.primary_ids,
+                           spec.primary_values)
+            self.keep[number] = keep
+        return keep
+
+    def body_cells(self, number: int) -> list[str]:
+        cells = self.cells.get(number)
+        if cells is None:
+            body = self.dataset.body(number)
+            cells = ["" if name in OWN_FIELDS
+                     else quote(cell_text(name, body[name]), self.spec.delimiter)
+                     for name in self.spec.fields]
+            self.cells[number] = cells
+        return cells
+
+    def line(self, index: int) -> bytes:
+        row = list(self.body_cells(self.dataset.body_index(index)))
+        guid, lead_id, date, campaign = self.dataset.own_fields(index)
+        own = (guid, str(lead_id), date, "null" if campaign is None else str(campaign))
+        for position, slot in self.own_slots:
+            row[position] = own[slot]
+        return join_row(row, self.spec.delimiter)
+
+
+def write_export(dataset: Dataset, spec: ExportSpec, path: str,
+                 cancelled: threading.Event) -> ExportResult | None:
+    """Write the file; None when cancelled part way."""
+    result = ExportResult()
+    digest = hashlib.sha256()
+    writer = RowWriter(dataset, spec)
+    order = [i for i in spec.indices if writer.wanted(i)]
+    random.Random(spec.shuffle_seed).shuffle(order)
+    planner = DirtyPlanner(spec.fields) if spec.dirty else None
+    header = [quote(spec.header_names.get(name, name), spec.delimiter) for name in spec.fields]
+    with open(path, "wb") as out:
+        chunk = [join_row(header, spec.delimiter)]
+        for index in order:
+            line = dirty_line(dataset, index, spec, planner, result) if planner else None
+            chunk.append(line or writer.line(index))
+            result.records += 1
+            if len(chunk) >= 4000:
+                if cancelled.is_set():
+                    return None
+                flush(out, chunk, digest, result)
+        flush(out, chunk, digest, result)
+    result.sha256 = digest.hexdigest()
+    return result
+
+
+def dirty_line(dataset: Dataset, index: int, spec: ExportSpec, planner: DirtyPlanner,
+               result: ExportResult) -> bytes | None:
+    planner.due(result.records)
+    if not planner.pending:
+        return None
+    kind = planner.pending[0]
+    activity = dataset.activity(index)
+    line = planner.apply(activity, spec.delimiter)
+    if line is not None:
+        result.dirty[activity["marketoGUID"]] = kind
+    return line
+
+
+def flush(out: Any, chunk: list[bytes], digest: Any, result: ExportResult) -> None:
+    data = b"".join(chunk)
+    out.write(data)
+    digest.update(data)
+    result.size += len(data)
+    chunk.clear()

@@ -1,0 +1,106 @@
+"""API call limits and the switchable fault plan."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+# Marketo resets daily counters at midnight US Central; a fixed offset is close enough here.
+CENTRAL = timezone(timedelta(hours=-6))
+
+ERROR_MESSAGES = {
+    "601": "Access token invalid",
+    "602": "Access token expired",
+    "604": "Request timed out",
+    "606": "Max rate limit '{calls}' exceeded with in '{window}' secs",
+    "607": "Daily quota reached",
+    "608": "API Temporarily Unavailable",
+    "609": "Invalid JSON",
+    "610": "Requested resource not found",
+    "611": "System error",
+    "615": "Concurrent access limit '{concurrency}' reached",
+    "713": "Transient Error",
+}
+
+
+def day_key(moment: datetime | None = None) -> str:
+    moment = moment or datetime.now(timezone.utc)
+    return moment.astimezone(CENTRAL).strftime("%Y-%m-%d")
+
+
+@dataclass
+class Faults:
+    error_rate: dict[str, float] = field(default_factory=dict)
+    http_5xx_rate: float = 0.0
+    reset_rate: float = 0.0
+    stall_seconds: float = 0.0
+    stall_rate: float = 0.0
+    fail_jobs: int = 0
+    stuck_jobs: int = 0
+    queue_full_times: int = 0
+    already_queued_times: int = 0
+    foreign_jobs: int = 0
+    quota_607_after: int | None = None
+    file_404_times: int = 0
+    break_download_rate: float = 0.0
+    stall_download_rate: float = 0.0
+    corrupt_download_times: int = 0
+    expire_files: bool = False
+    dirty_rows: bool = False
+
+    @classmethod
+    def names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+
+class CallLimits:
+    """Rolling-window, concurrency and daily limits; refused calls do not count."""
+
+    def __init__(self, calls: int, window: float, concurrency: int, daily: int) -> None:
+        self.calls = calls
+        self.window = window
+        self.concurrency = concurrency
+        self.daily = daily
+        self.recent: collections.deque[float] = collections.deque()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.day = day_key()
+        self.day_calls = 0
+        self.refused: collections.Counter[str] = collections.Counter()
+
+    def admit(self) -> str | None:
+        """Count the call in, or return the error code that refuses it."""
+        now = time.monotonic()
+        while self.recent and self.recent[0] <= now - self.window:
+            self.recent.popleft()
+        today = day_key()
+        if today != self.day:
+            self.day, self.day_calls = today, 0
+        code = self.refusal()
+        if code:
+            self.refused[code] += 1
+            return code
+        self.recent.append(now)
+        self.day_calls += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        return None
+
+    def refusal(self) -> str | None:
+        if self.in_flight >= self.concurrency:
+            return "615"
+        if len(self.recent) >= self.calls:
+            return "606"
+        if self.day_calls >= self.daily:
+            return "607"
+        return None
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+    def message(self, code: str) -> str:
+        return ERROR_MESSAGES.get(code, "Error").format(
+            calls=self.calls, window=f"{self.window:g}", concurrency=self.concurrency)
