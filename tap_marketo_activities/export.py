@@ -22,6 +22,7 @@ from tap_marketo_activities.client import (
     FileNotReady,
     JobAlreadyQueued,
     MarketoClient,
+    MarketoError,
     QueueFull,
 )
 from tap_marketo_activities.settings import isoformat
@@ -40,7 +41,7 @@ CHECKSUM_ATTEMPTS = 3
 CHUNK_BYTES = 1 << 20
 
 
-class Stopped(Exception):
+class Stopped(MarketoError):
     """The sync is stopping (signal or another job's fatal error); the job was cancelled."""
 
 
@@ -113,6 +114,7 @@ class ExportJob:
         self.export_id = export_id  # set: re-attach to a job of an earlier run
         self.story: list[str] = []
         self.status = "New"
+        self.received = 0  # bytes of the file so far, for progress on a terminal
 
     def run(self) -> CompletedExport:
         failures = 0
@@ -262,6 +264,7 @@ class ExportJob:
                             out.write(chunk)
                             hasher.update(chunk)
                             received += len(chunk)
+                            self.received = received
                     if size is None or received >= int(size):
                         return hasher.hexdigest()
                     raise requests.ConnectionError(f"stream ended at byte {received}")

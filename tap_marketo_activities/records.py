@@ -20,12 +20,21 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tap_marketo_activities.schema import ColumnSpec, attribute_specs, primary_spec, type_id_of
+from tap_marketo_activities.schema import (
+    BASE_COLUMNS,
+    KEY,
+    REPLICATION_KEY,
+    ColumnSpec,
+    attribute_specs,
+    primary_spec,
+    type_id_of,
+)
 
 logger = logging.getLogger(__name__)
 
 NULL = "null"
 DELIMITERS = {"CSV": ",", "TSV": "\t"}
+ALWAYS_SELECTED = frozenset({KEY, REPLICATION_KEY, "activityTypeId"})
 REPORTED_PER_KIND = 20  # each problem kind is logged this often per file, then only counted
 
 # A 10 KB+ attribute value is real; the default limit (128 KB) is not enough for all files.
@@ -169,6 +178,9 @@ class RecordBuilder:
         self.attributes = [(s.column, s.source, caster(s.json_type, s.fmt)) for s in wanted]
         primary: ColumnSpec = primary_spec(schema)
         self.primary_cast = caster(primary.json_type, primary.fmt)
+        # Base columns always built but not selected (attributes feeds the typed columns).
+        self.dropped = [c for c in BASE_COLUMNS - ALWAYS_SELECTED
+                        if selected is not None and c not in selected]
 
     def build(self, cells: list[str], at: Columns, number: int,
               problems: Problems) -> dict[str, Any]:
@@ -192,6 +204,8 @@ class RecordBuilder:
             for column, source, attribute_cast in self.attributes:
                 value = attributes.get(source) if attributes else None
                 record[column] = cast(value, attribute_cast, column, number, problems)
+        for column in self.dropped:
+            record.pop(column, None)
         return record
 
     def _cast(self, value: Any, cast: Callable[[Any], Any], column: str, number: int,

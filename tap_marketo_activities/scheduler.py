@@ -16,7 +16,13 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError, wait
+from concurrent.futures import (
+    CancelledError,
+    Future,
+    ThreadPoolExecutor,
+    TimeoutError,
+    wait,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,6 +117,7 @@ class ExportScheduler:
                                         thread_name_prefix="export")
         self._started = False
         self.refusal: QuotaExhausted | None = None
+        self.failure: Exception | None = None
 
     def start(self) -> None:
         if self._started:
@@ -122,9 +129,10 @@ class ExportScheduler:
     def windows_of(self, stream: str) -> list[PlannedJob]:
         return [job for job in self.jobs if stream in job.streams]
 
-    def result(self, planned: PlannedJob, on_wait: Callable[[], None]) -> CompletedExport:
-        """Wait for a job's file, calling `on_wait` now and then. Raises the job's error
-        (after stopping the others)."""
+    def result(self, planned: PlannedJob,
+               on_wait: Callable[[PlannedJob], None]) -> CompletedExport:
+        """Wait for a job's file, calling `on_wait` now and then. Raises the job's error,
+        or for a job stopped on the way, the error that stopped it."""
         self.start()
         assert planned.future is not None
         try:
@@ -132,11 +140,10 @@ class ExportScheduler:
                 try:
                     return planned.future.result(timeout=WAIT_TICK_SECONDS)
                 except TimeoutError:
-                    on_wait()
-        except QuotaExhausted:
-            raise  # jobs already under way still finish: other streams want their files
-        except BaseException:
-            self.stop.set()
+                    on_wait(planned)
+        except (Stopped, CancelledError):
+            if self.failure is not None:
+                raise self.failure from None
             raise
 
     def consumed(self, planned: PlannedJob, stream: str) -> None:
@@ -176,7 +183,13 @@ class ExportScheduler:
             size = done.file_size
             return done
         except QuotaExhausted as exc:
-            self.refusal = exc
+            self.refusal = exc  # jobs already under way still finish
+            raise
+        except Stopped:
+            raise
+        except Exception as exc:
+            self.failure = self.failure or exc
+            self.stop.set()  # no point spending quota on windows after a gap
             raise
         finally:
             self.quota.settle(planned.spec, reserved, size)

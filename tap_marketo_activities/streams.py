@@ -16,13 +16,16 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from singer_sdk import Stream
 from singer_sdk.helpers.conform import TypeConformanceLevel
+from singer_sdk.mapper import SameRecordTransform
+from singer_sdk.singerlib import RecordMessage
 
-from tap_marketo_activities.client import QuotaExhausted
+from tap_marketo_activities.client import MarketoError
 from tap_marketo_activities.export import JobTimings
 from tap_marketo_activities.quota import ExportQuota
 from tap_marketo_activities.records import Problems, RecordBuilder, read_records
@@ -55,6 +58,27 @@ class ActivityStream(Stream):
         self.type_id = type_id_of(schema)
         self.windows_done = 0
         self.records_written = 0
+        self.extracted_at = dt.datetime.now(dt.timezone.utc)
+
+    def generate_child_contexts(self, record: dict, context: Any) -> Iterable[Any]:
+        return ()  # no child streams: spare the SDK a copy of every record
+
+    @cached_property
+    def _plain_output(self) -> bool:
+        """No stream map and no flattening: records go out as built."""
+        maps = self.stream_maps
+        return len(maps) == 1 and type(maps[0]) is SameRecordTransform and \
+            not maps[0].flattening_enabled
+
+    def _generate_record_messages(self, record: dict) -> Iterator[RecordMessage]:
+        # The SDK's path copies each record to drop deselected fields and stamps each with
+        # the clock; RecordBuilder already built only the selected fields, and one
+        # extraction time per window is as true. Stream maps take the SDK's path.
+        if not self._plain_output:
+            yield from super()._generate_record_messages(record)
+            return
+        yield RecordMessage(stream=self.name, record=record, version=self._stream_version,
+                            time_extracted=self.extracted_at)
 
     def selected_columns(self) -> set[str]:
         return {name for name in self.schema["properties"]
@@ -82,6 +106,7 @@ class ActivityStream(Stream):
             lower, upper = isoformat(planned.spec.start), isoformat(planned.spec.end)
             edge: set[str] = set()
             count = 0
+            self.extracted_at = dt.datetime.now(dt.timezone.utc)
             try:
                 for record in exports.records(planned, self):
                     stamp = record[REPLICATION_KEY]
@@ -92,12 +117,14 @@ class ActivityStream(Stream):
                         edge.add(record[KEY])
                     count += 1
                     yield record
-            except QuotaExhausted as exc:
-                # The windows already exported still reach every stream; the sync ends
-                # with this stop once they have (tap.sync_all).
-                exports.refusal = exc
-                logger.warning("%s: stopping before window %s .. %s: export quota.",
-                               self.name, lower, upper)
+            except MarketoError as exc:
+                # Windows already exported still reach every stream; the sync then ends
+                # with the first error, as one line (tap.sync_all).
+                if exports.stop_reason is None:
+                    exports.stop_reason = exc
+                    logger.warning("Stopping before window %s .. %s (%s); windows already "
+                                   "exported still go to every stream.", lower, upper,
+                                   type(exc).__name__)
                 return
             previous_edge = edge
             self._checkpoint(upper)
@@ -133,8 +160,8 @@ class SharedExports:
     scheduler: ExportScheduler
     workdir: Path
     export_format: str = "CSV"
-    on_wait: Callable[[], None] = lambda: None
-    refusal: QuotaExhausted | None = None
+    on_wait: Callable[[PlannedJob], None] = lambda planned: None
+    stop_reason: MarketoError | None = None
     spools: dict[tuple[int, str], _Spool] = field(default_factory=dict)
     builders: dict[str, RecordBuilder] = field(default_factory=dict)
     bytes_downloaded: int = 0

@@ -12,9 +12,12 @@ from types import FrameType
 from typing import Any
 
 from singer_sdk import Tap
+from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.singerlib import Message, RecordMessage
 
 from tap_marketo_activities.client import MarketoClient, MarketoError, Pacer
+from tap_marketo_activities.scheduler import PlannedJob
 from tap_marketo_activities.schema import DELETE_LEAD_TYPE_ID, activity_schema, stream_names
 from tap_marketo_activities.settings import CONFIG_SCHEMA, Settings, SettingsError, parse_settings
 from tap_marketo_activities.streams import ActivityStream, SharedExports
@@ -25,6 +28,17 @@ TYPES_PATH = "/rest/v1/activities/types.json"
 EXPORTS_STATE_KEY = "marketo_exports"  # our jobs still in Marketo, to re-attach after a crash
 
 
+class RecordBufferingWriter(MsgSpecWriter):
+    """msgspec serialisation, and no flush after each RECORD: a flush per record is a
+    system call per record on a pipe. Every other message (SCHEMA, STATE) flushes, so a
+    state never reaches the target before the records it covers."""
+
+    def write_message(self, message: Message) -> None:
+        sys.stdout.buffer.write(self.format_message(message))
+        if not isinstance(message, RecordMessage):
+            sys.stdout.flush()
+
+
 class TapMarketoActivities(Tap):
     """Marketo activities through the Bulk Activity Extract API."""
 
@@ -32,9 +46,11 @@ class TapMarketoActivities(Tap):
     package_name = "tap-marketo-activities"
     dynamic_catalog = True
     config_jsonschema = CONFIG_SCHEMA
+    message_writer_class = RecordBufferingWriter
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._exports: SharedExports | None = None
+        self._wait_started: dict[int, float] = {}
         super().__init__(*args, **kwargs)
 
     # -- settings -----------------------------------------------------------------------
@@ -106,7 +122,7 @@ class TapMarketoActivities(Tap):
                         if isinstance(s, ActivityStream) and s.selected]
             earlier = self.state.get(EXPORTS_STATE_KEY) or []
             self._exports = SharedExports.begin(self.client, self.settings, selected, earlier)
-            self._exports.on_wait = self.save_exports_in_state
+            self._exports.on_wait = self._while_waiting
         return self._exports
 
     def note_exports_in_state(self) -> bool:
@@ -120,9 +136,17 @@ class TapMarketoActivities(Tap):
             self.state.pop(EXPORTS_STATE_KEY, None)
         return True
 
-    def save_exports_in_state(self) -> None:
+    def _while_waiting(self, planned: PlannedJob) -> None:
         if self.note_exports_in_state():
             self.state_writer.write_state(self.state)
+        if sys.stderr.isatty():  # a person is watching: none on a pipe or in Meltano's log
+            job = planned.job
+            status = job.status if job else "waiting for a queue slot"
+            if job and job.received:
+                status = f"downloading, {job.received / 1e6:.1f} MB"
+            waited = time.monotonic() - self._wait_started.setdefault(id(planned), time.monotonic())
+            sys.stderr.write(f"\r\033[K  {planned.spec.label}: {status} ({waited:.0f} s)\r")
+            sys.stderr.flush()
 
     def sync_all(self) -> None:
         started = time.monotonic()
@@ -131,8 +155,8 @@ class TapMarketoActivities(Tap):
         finally:
             self._stop_exports()
         self._log_summary(time.monotonic() - started)
-        if self._exports is not None and self._exports.refusal is not None:
-            raise self._exports.refusal
+        if self._exports is not None and self._exports.stop_reason is not None:
+            raise self._exports.stop_reason
 
     def run_sync_dry_run(self, *args: Any, **kwargs: Any) -> bool:
         try:
@@ -145,6 +169,8 @@ class TapMarketoActivities(Tap):
             self._exports.close()
             self.note_exports_in_state()
             self.state_writer.write_state(self.state)
+        if sys.stderr.isatty():
+            sys.stderr.write("\033[K")
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
         """Cancel our jobs in Marketo, emit the state of what was delivered, exit non-zero."""
