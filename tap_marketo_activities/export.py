@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from tap_marketo_activities.client import (
     MarketoError,
     QueueFull,
 )
-from tap_marketo_activities.settings import isoformat
+from tap_marketo_activities.settings import PrimaryFilter, isoformat
 
 logger = logging.getLogger(__name__)
 
@@ -62,22 +64,32 @@ class JobSpec:
     type_ids: tuple[int, ...]
     fields: tuple[str, ...] = EXPORT_FIELDS
     export_format: str = "CSV"
+    primary_filter: PrimaryFilter | None = None
+    header_names: tuple[tuple[str, str], ...] = ()  # Marketo's columnHeaderNames
 
     def body(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "format": self.export_format,
             "fields": list(self.fields),
             "filter": {
                 "createdAt": {"startAt": isoformat(self.start), "endAt": isoformat(self.end)},
                 "activityTypeIds": list(self.type_ids),
+                **(self.primary_filter.body() if self.primary_filter else {}),
             },
         }
+        if self.header_names:
+            body["columnHeaderNames"] = dict(self.header_names)
+        return body
 
     def key(self) -> dict[str, Any]:
         """What identifies this export for re-attaching to it in a later run."""
-        return {"startAt": isoformat(self.start), "endAt": isoformat(self.end),
-                "activityTypeIds": list(self.type_ids), "fields": list(self.fields),
-                "format": self.export_format}
+        key = {"startAt": isoformat(self.start), "endAt": isoformat(self.end),
+               "activityTypeIds": list(self.type_ids), "fields": list(self.fields),
+               "format": self.export_format}
+        if self.primary_filter or self.header_names:
+            key["filter"] = self.body()["filter"]
+            key["columnHeaderNames"] = dict(self.header_names)
+        return key
 
     @property
     def label(self) -> str:
@@ -98,6 +110,7 @@ class CompletedExport:
     path: Path
     records: int
     file_size: int
+    checksum: str = ""
     story: list[str] = field(default_factory=list)
 
 
@@ -234,7 +247,7 @@ class ExportJob:
                 self._note(f"downloaded {path.stat().st_size} bytes, "
                            f"{status.get('numberOfRecords', '?')} records")
                 return CompletedExport(export_id, path, int(status.get("numberOfRecords", 0)),
-                                       path.stat().st_size, self.story)
+                                       path.stat().st_size, digest, self.story)
             logger.warning("Export %s: sha256 of the file does not match Marketo's "
                            "fileChecksum (attempt %d of %d): downloading it again.",
                            export_id, attempt, CHECKSUM_ATTEMPTS)
@@ -307,3 +320,16 @@ class ExportJob:
         return (f"Export job for {self.spec.label} {what}. Its story: "
                 f"{'; '.join(self.story[-8:])}. Nothing after the last finished window was "
                 "bookmarked; run again to retry.")
+
+
+def keep_raw_file(done: CompletedExport, spec: JobSpec, folder: Path) -> Path:
+    """Copy an export file, as Marketo sent it, into `folder` with a JSON sidecar."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = (f"{spec.start:%Y%m%dT%H%M%SZ}_{spec.end:%Y%m%dT%H%M%SZ}_{done.export_id}")
+    target = folder / f"{stem}.{spec.export_format.lower()}"
+    shutil.copyfile(done.path, target)
+    sidecar = {"exportId": done.export_id, **spec.key(), "body": spec.body(),
+               "fileChecksum": f"sha256:{done.checksum}", "fileSize": done.file_size,
+               "numberOfRecords": done.records, "file": target.name}
+    (folder / f"{stem}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    return target

@@ -161,8 +161,10 @@ class Columns(NamedTuple):
     action: int
 
     @classmethod
-    def from_header(cls, header: list[str]) -> Columns:
-        where = {name: i for i, name in enumerate(header)}
+    def from_header(cls, header: list[str], renamed: Mapping[str, str]) -> Columns:
+        """`renamed`: field name -> the header text it was given (columnHeaderNames)."""
+        field_of = {text: name for name, text in renamed.items()}
+        where = {field_of.get(text, text): i for i, text in enumerate(header)}
         names = ("marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
                  "primaryAttributeValueId", "primaryAttributeValue", "attributes", "actionResult")
         return cls(*(where.get(name, -1) for name in names))
@@ -217,6 +219,20 @@ class RecordBuilder:
         except (ValueError, TypeError, AttributeError):
             problems.cast_failed(self.stream, column, value, number)
             return None
+
+
+REST_COLUMNS = Columns(*range(9))
+
+
+def rest_cells(item: Mapping[str, Any]) -> list[str]:
+    """A REST activity (Get Deleted Leads) laid out as an export row, so that one code
+    path types both: attributes come as [{name, value}] there."""
+    attributes = {a.get("name"): a.get("value") for a in item.get("attributes") or []}
+    values = [item.get(k) for k in ("marketoGUID", "leadId", "activityDate", "activityTypeId",
+                                    "campaignId", "primaryAttributeValueId",
+                                    "primaryAttributeValue")]
+    cells = [NULL if v is None else str(v) for v in values]
+    return [*cells, json.dumps(attributes, ensure_ascii=False), NULL]
 
 
 def _cell(cells: list[str], position: int) -> str | None:
@@ -314,11 +330,12 @@ def read_records(
     export_format: str,
     builders: Mapping[int, RecordBuilder],
     problems: Problems,
+    renamed: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[RecordBuilder, dict[str, Any]]]:
     """(builder, record) for every row whose activity type has a builder."""
     rows = read_rows(path, export_format, problems)
     _, header = next(rows)
-    at = Columns.from_header(header)
+    at = Columns.from_header(header, renamed or {})
     if at.guid < 0 or at.type_id < 0:
         raise ValueError(f"{path.name}: header has no marketoGUID or activityTypeId: {header}")
     get = builders.get

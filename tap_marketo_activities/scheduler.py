@@ -25,6 +25,7 @@ from concurrent.futures import (
 )
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tap_marketo_activities.client import MarketoClient, QuotaExhausted
 from tap_marketo_activities.export import (
@@ -34,8 +35,10 @@ from tap_marketo_activities.export import (
     JobSpec,
     JobTimings,
     Stopped,
+    keep_raw_file,
 )
 from tap_marketo_activities.quota import ExportQuota
+from tap_marketo_activities.settings import PrimaryFilter
 
 logger = logging.getLogger(__name__)
 
@@ -83,21 +86,32 @@ def plan_jobs(
     end: dt.datetime,
     width: dt.timedelta,
     fields: Mapping[str, set[str]] | None = None,
+    filters: Mapping[str, PrimaryFilter | None] | None = None,
+    **spec_options: Any,
 ) -> list[PlannedJob]:
     """One job per distinct window, serving every stream that needs that window, asking
-    for the columns those streams need (all of them when `fields` is not given)."""
-    by_window: dict[tuple[dt.datetime, dt.datetime], list[str]] = {}
+    for the columns those streams need (all of them when `fields` is not given). A stream
+    with a primary attribute filter gets jobs of its own (Marketo applies a filter to every
+    type of a job). `spec_options` go to every JobSpec (format, header names)."""
+    by_window: dict[tuple, list[str]] = {}
     for stream, windows in grid_windows(starts, end, width).items():
+        primary = (filters or {}).get(stream)
         for window in windows:
-            by_window.setdefault(window, []).append(stream)
+            by_window.setdefault((*window, primary and stream), []).append(stream)
     jobs = []
-    for (lower, upper), streams in sorted(by_window.items()):
+    for (lower, upper, filtered), streams in sorted(by_window.items(), key=_window_order):
         ids = tuple(sorted({type_ids[s] for s in streams}))
         needed = set().union(*(fields[s] for s in streams)) if fields else set(EXPORT_FIELDS)
         columns = tuple(f for f in EXPORT_FIELDS if f in needed)
-        jobs.append(PlannedJob(JobSpec(lower, upper, ids, columns), sorted(streams),
-                               consumers_left=set(streams)))
+        primary = (filters or {}).get(filtered) if filtered else None
+        spec = JobSpec(lower, upper, ids, columns, primary_filter=primary, **spec_options)
+        jobs.append(PlannedJob(spec, sorted(streams), consumers_left=set(streams)))
     return jobs
+
+
+def _window_order(item: tuple[tuple, list[str]]) -> tuple:
+    lower, upper, filtered = item[0]
+    return (lower, upper, filtered or "")
 
 
 class ExportScheduler:
@@ -105,8 +119,10 @@ class ExportScheduler:
 
     def __init__(self, client: MarketoClient, jobs: list[PlannedJob], workdir: Path,
                  timings: JobTimings, max_in_queue: int, quota: ExportQuota,
-                 earlier_exports: Iterable[Mapping] = ()) -> None:
+                 earlier_exports: Iterable[Mapping] = (), raw_files_dir: Path | None = None
+                 ) -> None:
         self.client = client
+        self.raw_files_dir = raw_files_dir
         self.earlier = {_key(e): str(e["exportId"]) for e in earlier_exports if "exportId" in e}
         self.jobs = jobs
         self.workdir = workdir
@@ -181,6 +197,11 @@ class ExportScheduler:
         try:
             done = job.run()
             size = done.file_size
+            logger.info("Export %s: %.1f MB of bulk export quota used today by this API user.",
+                        planned.spec.label, (self.quota.used_bytes + size) / 1024 / 1024)
+            if self.raw_files_dir:
+                kept = keep_raw_file(done, planned.spec, self.raw_files_dir)
+                logger.info("Export %s: raw file kept as %s", planned.spec.label, kept)
             return done
         except QuotaExhausted as exc:
             self.refusal = exc  # jobs already under way still finish

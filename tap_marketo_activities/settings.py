@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +18,9 @@ from singer_sdk import typing as th
 
 MAX_WINDOW_DAYS = 31  # Marketo refuses a createdAt range over 31 days
 EXPORT_FORMATS = ("CSV", "TSV", "SSV")
+
+# Numbers may come as text: the SDK passes environment variables of number settings as is.
+NUMBER = th.CustomType({"type": ["number", "string"]})
 
 CONFIG_SCHEMA = th.PropertiesList(
     th.Property("client_id", th.StringType, required=True, title="Client ID",
@@ -38,32 +42,74 @@ CONFIG_SCHEMA = th.PropertiesList(
                 description="Width of one export job's createdAt window, 1 to 31."),
     th.Property("activity_type_ids", th.ArrayType(th.IntegerType), title="Activity type ids",
                 description="Offer only these activity types as streams. Default: all."),
-    th.Property("poll_interval_seconds", th.NumberType, default=60, title="Poll interval",
+    th.Property("poll_interval_seconds", NUMBER, default=60, title="Poll interval",
                 description="Longest wait between two status polls of a job. The first poll "
                             "comes after a few seconds and the wait grows to this."),
-    th.Property("job_timeout_seconds", th.NumberType, default=3 * 3600, title="Job timeout",
+    th.Property("job_timeout_seconds", NUMBER, default=3 * 3600, title="Job timeout",
                 description="A job not Completed this long after it was enqueued is "
                             "cancelled and created again once, then the sync fails."),
     th.Property("max_jobs_in_queue", th.IntegerType, default=4, title="Jobs in queue",
                 description="Most of this tap's export jobs Queued or Processing at once, 1 "
                             "to 10 (Marketo allows 10 per instance, shared with other tools "
                             "and processes 2 at a time)."),
-    th.Property("max_export_mb_per_day", th.NumberType, default=400, title="Export MB per day",
+    th.Property("max_export_mb_per_day", NUMBER, default=400, title="Export MB per day",
                 description="Stop cleanly before this tap's exports of the day (US Central) "
                             "would pass this many MB. Marketo's 500 MB is shared by every "
                             "bulk export of the instance."),
-    th.Property("api_limit_share", th.NumberType, default=0.8, title="Share of API limits",
+    th.Property("api_limit_share", NUMBER, default=0.8, title="Share of API limits",
                 description="Fraction (0.1 to 1) of Marketo's 100 calls per 20 s and 10 "
                             "concurrent calls that this tap may use."),
-    th.Property("request_timeout_seconds", th.NumberType, default=120,
+    th.Property("request_timeout_seconds", NUMBER, default=120,
                 title="Request timeout",
                 description="Read timeout of one HTTP call; a stalled download resumes."),
-    th.Property("max_retry_seconds", th.NumberType, default=300, title="Retry budget",
+    th.Property("max_retry_seconds", NUMBER, default=300, title="Retry budget",
                 description="How long one call is retried through transient errors before "
                             "the sync fails."),
     th.Property("max_job_attempts", th.IntegerType, default=3, title="Job attempts",
                 description="How often a window's job is created again after it Failed."),
+    th.Property("export_format", th.StringType, default="CSV", allowed_values=EXPORT_FORMATS,
+                title="Export format",
+                description="File format Marketo writes: CSV, TSV or SSV. Records are the "
+                            "same; it matters for raw files kept with raw_files_dir."),
+    th.Property(
+        "primary_attribute_filters",
+        th.ObjectType(additional_properties=th.ObjectType(
+            th.Property("ids", th.ArrayType(th.IntegerType)),
+            th.Property("values", th.ArrayType(th.StringType)),
+        )),
+        title="Primary attribute filters",
+        description="Per activity type id, export only activities whose primary attribute "
+                    "is one of these: {\"2\": {\"values\": [\"Program.Form\"]}, \"104\": "
+                    "{\"ids\": [1001]}}. Types 2 (form), 13 and 22 (lead field), 24 and 25 "
+                    "(static list) and 104 (program); at most 50 ids or values, not both.",
+    ),
+    th.Property("raw_files_dir", th.StringType, title="Raw files folder",
+                description="Keep every export file here as Marketo sent it (checksum "
+                            "verified), with a JSON sidecar describing its job."),
+    th.Property("raw_files_column_header_names", th.ObjectType(
+                    additional_properties=th.StringType),
+                title="Raw files header names",
+                description="Header names for the raw files, e.g. {\"attributes\": "
+                            "\"Secondary Attributes\"} (Marketo's columnHeaderNames)."),
 ).to_dict()
+
+# Activity types whose exports Marketo lets filter by primary attribute, and what it is.
+FILTERABLE = {2: "form", 13: "lead field", 22: "lead field", 24: "static list",
+              25: "static list", 104: "program"}
+NAMED_AS_PROGRAM_ASSET = {2, 24, 25, 104}
+MAX_FILTER_VALUES = 50
+
+
+@dataclass(frozen=True)
+class PrimaryFilter:
+    """Marketo's primaryAttributeValueIds (kind "ids") or primaryAttributeValues ("values")."""
+
+    kind: str
+    values: tuple[Any, ...]
+
+    def body(self) -> dict[str, list[Any]]:
+        key = "primaryAttributeValueIds" if self.kind == "ids" else "primaryAttributeValues"
+        return {key: list(self.values)}
 
 
 class SettingsError(ValueError):
@@ -87,6 +133,10 @@ class Settings:
     request_timeout: float
     max_retry_seconds: float
     max_job_attempts: int
+    export_format: str = "CSV"
+    primary_filters: Mapping[int, PrimaryFilter] = field(default_factory=dict)
+    raw_files_dir: Path | None = None
+    column_header_names: Mapping[str, str] = field(default_factory=dict)
 
 
 def normalize_base_url(value: str) -> str:
@@ -132,8 +182,11 @@ def _number(config: Mapping[str, Any], name: str, low: float, high: float,
     value = config.get(name, default)
     if value is None:
         return default
-    # The SDK reads JSON numbers as Decimal.
-    number = None if isinstance(value, (bool, str)) else float(value)
+    # The SDK reads JSON numbers as Decimal, and environment variables as text.
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
     if number is None or not low <= number <= high:
         raise SettingsError(f"{name} is {value!r}; it accepts a number from {low:g} to {high:g}.")
     return number
@@ -174,7 +227,65 @@ def parse_settings(config: Mapping[str, Any], now: dt.datetime | None = None) ->
         request_timeout=_number(config, "request_timeout_seconds", 0.1, 3600, 120),
         max_retry_seconds=_number(config, "max_retry_seconds", 0, 86400, 300),
         max_job_attempts=int(_number(config, "max_job_attempts", 1, 10, 3)),
+        export_format=_export_format(config.get("export_format")),
+        primary_filters=parse_primary_filters(config.get("primary_attribute_filters")),
+        raw_files_dir=Path(config["raw_files_dir"]) if config.get("raw_files_dir") else None,
+        column_header_names=_header_names(config.get("raw_files_column_header_names")),
     )
+
+
+def _export_format(value: Any) -> str:
+    text = str(value or "CSV").upper()
+    if text not in EXPORT_FORMATS:
+        raise SettingsError(f"export_format is {value!r}; it accepts CSV, TSV or SSV.")
+    return text
+
+
+def _header_names(value: Any) -> dict[str, str]:
+    if not value:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        raise SettingsError("raw_files_column_header_names accepts an object of field name to "
+                            'header text, e.g. {"attributes": "Secondary Attributes"}.')
+    return dict(value)
+
+
+def parse_primary_filters(value: Any) -> dict[int, PrimaryFilter]:
+    """Marketo's rules for primary attribute filters, checked before any call."""
+    if not value:
+        return {}
+    name = "primary_attribute_filters"
+    if not isinstance(value, dict):
+        raise SettingsError(f"{name} accepts an object keyed by activity type id.")
+    filters = {}
+    for key, rule in value.items():
+        type_id = int(key) if str(key).isdigit() else None
+        if type_id not in FILTERABLE:
+            raise SettingsError(
+                f"{name}[{key!r}]: Marketo filters by primary attribute only types "
+                + ", ".join(f"{t} ({what})" for t, what in FILTERABLE.items()) + "."
+            )
+        filters[type_id] = _primary_filter(f"{name}[{key!r}]", type_id, rule)
+    return filters
+
+
+def _primary_filter(where: str, type_id: int, rule: Any) -> PrimaryFilter:
+    if not isinstance(rule, dict) or len(rule) != 1 or next(iter(rule)) not in ("ids", "values"):
+        raise SettingsError(f'{where} takes either {{"ids": [...]}} or {{"values": [...]}}, '
+                            "not both.")
+    kind, values = next(iter(rule.items()))
+    if not isinstance(values, list) or not 1 <= len(values) <= MAX_FILTER_VALUES:
+        raise SettingsError(f"{where}.{kind} takes a list of 1 to {MAX_FILTER_VALUES} items.")
+    wanted = int if kind == "ids" else str
+    if not all(isinstance(v, wanted) and not isinstance(v, bool) for v in values):
+        raise SettingsError(f"{where}.{kind} takes {'integers' if kind == 'ids' else 'strings'}.")
+    if kind == "values" and type_id in NAMED_AS_PROGRAM_ASSET:
+        bad = [v for v in values if not re.fullmatch(r"[^.]+\..+", v)]
+        if bad:
+            raise SettingsError(f"{where}.values: {FILTERABLE[type_id]} names are written "
+                                f"Program.Asset, e.g. 'Webinar 2024.Registration Form'; not "
+                                f"{bad[0]!r}.")
+    return PrimaryFilter(kind, tuple(values))
 
 
 def isoformat(instant: dt.datetime) -> str:

@@ -22,13 +22,19 @@ from typing import TYPE_CHECKING, Any
 
 from singer_sdk import Stream
 from singer_sdk.helpers.conform import TypeConformanceLevel
-from singer_sdk.mapper import SameRecordTransform
+from singer_sdk.mapper import RemoveRecordTransform, SameRecordTransform
 from singer_sdk.singerlib import RecordMessage
 
 from tap_marketo_activities.client import MarketoError
 from tap_marketo_activities.export import JobTimings
 from tap_marketo_activities.quota import ExportQuota
-from tap_marketo_activities.records import Problems, RecordBuilder, read_records
+from tap_marketo_activities.records import (
+    REST_COLUMNS,
+    Problems,
+    RecordBuilder,
+    read_records,
+    rest_cells,
+)
 from tap_marketo_activities.scheduler import ExportScheduler, PlannedJob, plan_jobs
 from tap_marketo_activities.schema import BASE_COLUMNS, KEY, REPLICATION_KEY, type_id_of
 from tap_marketo_activities.settings import Settings, isoformat, parse_instant
@@ -41,12 +47,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ALWAYS_EXPORTED = frozenset({KEY, REPLICATION_KEY, "activityTypeId"})
+PAGING_TOKEN_PATH = "/rest/v1/activities/pagingtoken.json"
+DELETED_LEADS_PATH = "/rest/v1/activities/deletedleads.json"
+DELETED_LEADS_KEPT = dt.timedelta(days=14)
 
 
 class ActivityStream(Stream):
     """The activities of one Marketo activity type."""
 
     primary_keys = (KEY,)
+    bulk = True  # served by the shared bulk export jobs
     replication_key = REPLICATION_KEY
     is_sorted = False  # rows of an export file come in no particular order
     # The tap casts every value from the activity type's dataTypes (records.py), so the
@@ -79,6 +89,12 @@ class ActivityStream(Stream):
             return
         yield RecordMessage(stream=self.name, record=record, version=self._stream_version,
                             time_extracted=self.extracted_at)
+
+    @property
+    def wanted(self) -> bool:
+        """Selected, and not dropped by a stream map: worth export quota."""
+        return self.selected and not all(
+            isinstance(m, RemoveRecordTransform) for m in self.stream_maps)
 
     def selected_columns(self) -> set[str]:
         return {name for name in self.schema["properties"]
@@ -146,6 +162,38 @@ class ActivityStream(Stream):
         one file are unsorted, so a record's date says nothing of what is complete."""
 
 
+class DeletedLeadStream(ActivityStream):
+    """Type 37, Delete Lead: not exportable in bulk, read from Get Deleted Leads."""
+
+    bulk = False
+
+    def get_records(self, context: dict | None) -> Iterable[dict[str, Any]]:
+        if not self.wanted:
+            return
+        settings: Settings = self._tap.settings  # type: ignore[attr-defined]
+        client: MarketoClient = self._tap.client  # type: ignore[attr-defined]
+        since = self.start_instant(settings)
+        if since < dt.datetime.now(dt.timezone.utc) - DELETED_LEADS_KEPT:
+            logger.warning("%s: resuming at %s, but Marketo keeps deleted leads for 14 days: "
+                           "deletions before %s may be gone.", self.name, isoformat(since),
+                           isoformat(dt.datetime.now(dt.timezone.utc) - DELETED_LEADS_KEPT))
+        end = isoformat(settings.end)
+        builder = RecordBuilder(self.name, self.schema, self.selected_columns())
+        problems = Problems(self.name)
+        token = client.get(PAGING_TOKEN_PATH, {"sinceDatetime": isoformat(since)})
+        page = {"nextPageToken": token.get("nextPageToken"), "moreResult": True}
+        number = 0
+        while page.get("moreResult") and page.get("nextPageToken"):
+            page = client.get(DELETED_LEADS_PATH, {"nextPageToken": page["nextPageToken"],
+                                                   "batchSize": 300})
+            for item in page.get("result") or []:
+                number += 1
+                if str(item.get("activityDate", "")) < end:
+                    yield builder.build(rest_cells(item), REST_COLUMNS, number, problems)
+        self._checkpoint(end)
+        self.windows_done += 1
+
+
 @dataclass
 class _Spool:
     path: Path
@@ -160,6 +208,7 @@ class SharedExports:
     scheduler: ExportScheduler
     workdir: Path
     export_format: str = "CSV"
+    header_names: dict[str, str] = field(default_factory=dict)
     on_wait: Callable[[PlannedJob], None] = lambda planned: None
     stop_reason: MarketoError | None = None
     spools: dict[tuple[int, str], _Spool] = field(default_factory=dict)
@@ -173,8 +222,10 @@ class SharedExports:
         starts = {s.name: s.start_instant(settings) for s in streams}
         type_ids = {s.name: s.type_id for s in streams}
         fields = {s.name: s.export_fields() for s in streams}
+        filters = {s.name: settings.primary_filters.get(s.type_id) for s in streams}
         jobs = plan_jobs(starts, type_ids, settings.end, dt.timedelta(days=settings.window_days),
-                         fields)
+                         fields, filters, export_format=settings.export_format,
+                         header_names=tuple(settings.column_header_names.items()))
         for stream in streams:
             logger.info("%s: windows from %s to %s.", stream.name, isoformat(starts[stream.name]),
                         isoformat(settings.end))
@@ -186,8 +237,9 @@ class SharedExports:
         timings = JobTimings(settings.poll_interval, settings.job_timeout,
                              settings.max_job_attempts)
         scheduler = ExportScheduler(client, jobs, workdir, timings, settings.max_jobs_in_queue,
-                                    quota, earlier_exports)
-        shared = cls(scheduler, workdir)
+                                    quota, earlier_exports, settings.raw_files_dir)
+        shared = cls(scheduler, workdir, settings.export_format,
+                     dict(settings.column_header_names))
         for stream in streams:
             shared.builders[stream.name] = RecordBuilder(stream.name, stream.schema,
                                                          stream.selected_columns())
@@ -217,7 +269,9 @@ class SharedExports:
         own = self.builders[mine]
         dump = marshal.dump
         try:
-            for builder, record in read_records(done.path, self.export_format, builders, problems):
+            rows = read_records(done.path, self.export_format, builders, problems,
+                                self.header_names)
+            for builder, record in rows:
                 if builder is own:
                     yield record
                 else:

@@ -18,9 +18,14 @@ from singer_sdk.singerlib import Message, RecordMessage
 
 from tap_marketo_activities.client import MarketoClient, MarketoError, Pacer
 from tap_marketo_activities.scheduler import PlannedJob
-from tap_marketo_activities.schema import DELETE_LEAD_TYPE_ID, activity_schema, stream_names
+from tap_marketo_activities.schema import (
+    DELETE_LEAD_TYPE_ID,
+    activity_schema,
+    stream_names,
+    type_id_of,
+)
 from tap_marketo_activities.settings import CONFIG_SCHEMA, Settings, SettingsError, parse_settings
-from tap_marketo_activities.streams import ActivityStream, SharedExports
+from tap_marketo_activities.streams import ActivityStream, DeletedLeadStream, SharedExports
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +93,15 @@ class TapMarketoActivities(Tap):
     def discover_streams(self) -> list[ActivityStream]:
         if self.input_catalog is not None:
             return [
-                ActivityStream(self, entry.stream, entry.schema.to_dict())
+                _stream_class(type_id_of(schema))(self, entry.stream, schema)
                 for entry in self.input_catalog.values()
-                if "activityTypeId" in (entry.schema.properties or {})
+                if "activityTypeId" in (schema := entry.schema.to_dict()).get("properties", {})
             ]
-        types = [t for t in self._activity_types() if int(t["id"]) != DELETE_LEAD_TYPE_ID]
+        types = self._activity_types()
         names = stream_names(types)  # over all types, so a filter never renames a stream
         wanted = self.settings.activity_type_ids
         return [
-            ActivityStream(self, names[int(t["id"])], activity_schema(t))
+            _stream_class(int(t["id"]))(self, names[int(t["id"])], activity_schema(t))
             for t in types
             if wanted is None or int(t["id"]) in wanted
         ]
@@ -119,7 +124,7 @@ class TapMarketoActivities(Tap):
         """The sync's export jobs, planned when the first stream asks for records."""
         if self._exports is None:
             selected = [s for s in self.streams.values()
-                        if isinstance(s, ActivityStream) and s.selected]
+                        if isinstance(s, ActivityStream) and s.bulk and s.wanted]
             earlier = self.state.get(EXPORTS_STATE_KEY) or []
             self._exports = SharedExports.begin(self.client, self.settings, selected, earlier)
             self._exports.on_wait = self._while_waiting
@@ -197,6 +202,10 @@ class TapMarketoActivities(Tap):
             f"{self.client.calls} API calls, {elapsed:.1f} s."
         )
         logger.info("Sync summary:\n%s", "\n".join(lines))
+
+
+def _stream_class(type_id: int) -> type[ActivityStream]:
+    return DeletedLeadStream if type_id == DELETE_LEAD_TYPE_ID else ActivityStream
 
 
 def main() -> None:

@@ -92,5 +92,14 @@ def fresh_sandbox() -> Iterator[Sandbox]:
         yield box
 
 
+def all_guids(box: Sandbox, start: str = START, end: str = END) -> set[str]:
+    """Every activity a full sync of [start, end) delivers: the bulk exports' and the
+    deleted leads' (stream activities_delete_lead)."""
+    bulk = {a["marketoGUID"] for a in box.expected(start, end)}
+    deleted = {d["marketoGUID"] for d in box.expected_deleted_leads(start)
+               if d["activityDate"] < end}
+    return bulk | deleted
+
+
 def config_for(box: Sandbox, **overrides: Any) -> dict[str, Any]:
     return {**box.config, "end_date": END, **FAST, **overrides}
