@@ -85,6 +85,15 @@ def sandbox() -> Iterator[Sandbox]:
         yield box
 
 
+@pytest.fixture(scope="session")
+def catalog(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The catalog discovery writes for the sandbox."""
+    run = run_tap(tmp_path_factory.mktemp("discover"), config_for(sandbox),
+                  extra=("--discover",))
+    assert run.returncode == 0, run.stderr
+    return run.messages[0]
+
+
 @pytest.fixture
 def fresh_sandbox() -> Iterator[Sandbox]:
     """A sandbox of the test's own, for faults, limits and counting calls."""

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import (
     END,
     START,
@@ -61,6 +62,38 @@ def finish_after(first: TapRun, box: Sandbox, tmp_path: Path, **config: Any) -> 
     assert set(first.guids() + second.guids()) == all_guids(box)
 
 
+# (faults, tap settings, what the log shows, what the sandbox's jobs show)
+RECOVERABLE = {
+    "stalled calls time out and are retried": (
+        {"stall_seconds": 5, "stall_rate": 0.1}, {"request_timeout_seconds": 1},
+        "Retrying", None),
+    "broken and stalled downloads resume with Range": (
+        {"break_download_rate": 0.4, "stall_download_rate": 0.2, "stall_seconds": 4},
+        {"request_timeout_seconds": 1}, "resuming", None),
+    "a corrupt file is downloaded again, never half-emitted": (
+        {"corrupt_download_times": 1}, {}, "does not match", None),
+    "a file not ready right after Completed is waited for": (
+        {"file_404_times": 2}, {}, "", None),
+    "failed jobs are created again": (
+        {"fail_jobs": 2}, {}, "Export failed due to internal error", ("Failed", 2)),
+    "a stuck job is cancelled and created again": (
+        {"stuck_jobs": 1}, {"job_timeout_seconds": 2}, "still Queued", ("Cancelled", 1)),
+}
+
+
+@pytest.mark.parametrize("case", RECOVERABLE)
+def test_a_sync_through_a_fault_delivers_everything(tmp_path: Path, case: str) -> None:
+    faults, settings, logged, jobs = RECOVERABLE[case]
+    with Sandbox(job_latency=0.2, data_start=START, data_end=END) as box:
+        box.set_faults(**faults)
+        run = run_tap(tmp_path, config_for(box, **settings))
+        assert_complete(run, box)
+        assert logged in run.stderr
+        if jobs:
+            status, count = jobs
+            assert sum(j["status"] == status for j in box.stats()["jobs"]) == count
+
+
 def test_transient_errors_resets_and_5xx_are_retried(tmp_path: Path) -> None:
     with Sandbox(job_latency=0.2, data_start=START, data_end=END) as box:
         box.set_faults(error_rate={"604": 0.05, "608": 0.05, "611": 0.05, "713": 0.05,
@@ -79,13 +112,6 @@ def test_tokens_are_refreshed_on_expiry_and_on_601_602(tmp_path: Path) -> None:
         assert_complete(run, box)
         assert box.stats()["token_calls"] >= 2
         assert_no_secrets(run, box)
-
-
-def test_stalled_calls_time_out_and_are_retried(tmp_path: Path) -> None:
-    with Sandbox(job_latency=0.2, data_start=START, data_end=END) as box:
-        box.set_faults(stall_seconds=5, stall_rate=0.1)
-        run = run_tap(tmp_path, config_for(box, request_timeout_seconds=1))
-        assert_complete(run, box)
 
 
 def test_606_waits_for_the_window_and_the_tap_paces_itself(tmp_path: Path) -> None:
@@ -164,14 +190,6 @@ def test_the_tap_never_passes_its_own_daily_export_cap(tmp_path: Path) -> None:
             "replication_key_value"] > "2024-01-15T00:00:00Z"
 
 
-def test_failed_jobs_are_created_again(tmp_path: Path) -> None:
-    with Sandbox(job_latency=0.2, data_start=START, data_end=END) as box:
-        box.set_faults(fail_jobs=2)
-        run = run_tap(tmp_path, config_for(box))
-        assert_complete(run, box)
-        assert sum(j["status"] == "Failed" for j in box.stats()["jobs"]) == 2
-
-
 def test_a_job_that_keeps_failing_stops_with_its_story(tmp_path: Path) -> None:
     with Sandbox(job_latency=0.2, data_start=START, data_end=END) as box:
         box.set_faults(fail_jobs=100)
@@ -179,37 +197,6 @@ def test_a_job_that_keeps_failing_stops_with_its_story(tmp_path: Path) -> None:
         assert_clean_stop(run, box, "Failed 2 times")
         assert "Export failed due to internal error" in run.stderr
         finish_after(run, box, tmp_path)
-
-
-def test_a_stuck_job_is_cancelled_and_created_again(tmp_path: Path) -> None:
-    with Sandbox(job_latency=0.2, data_start=START, data_end=END) as box:
-        box.set_faults(stuck_jobs=1)
-        run = run_tap(tmp_path, config_for(box, job_timeout_seconds=2))
-        assert_complete(run, box)
-        assert sum(j["status"] == "Cancelled" for j in box.stats()["jobs"]) == 1
-
-
-def test_broken_and_stalled_downloads_resume_with_range(tmp_path: Path) -> None:
-    with Sandbox(job_latency=0.2, data_start=START, data_end=END) as box:
-        box.set_faults(break_download_rate=0.4, stall_download_rate=0.2, stall_seconds=4)
-        run = run_tap(tmp_path, config_for(box, request_timeout_seconds=1))
-        assert_complete(run, box)
-        assert "resuming" in run.stderr
-
-
-def test_a_corrupt_file_is_downloaded_again_and_never_half_emitted(tmp_path: Path) -> None:
-    with Sandbox(job_latency=0.2, data_start=START, data_end=END) as box:
-        box.set_faults(corrupt_download_times=1)
-        run = run_tap(tmp_path, config_for(box))
-        assert_complete(run, box)
-        assert "does not match" in run.stderr
-
-
-def test_a_file_not_ready_right_after_completed_is_waited_for(tmp_path: Path) -> None:
-    with Sandbox(job_latency=0.2, data_start=START, data_end=END) as box:
-        box.set_faults(file_404_times=2)
-        run = run_tap(tmp_path, config_for(box))
-        assert_complete(run, box)
 
 
 def test_files_that_are_gone_stop_cleanly(tmp_path: Path) -> None:

@@ -16,14 +16,6 @@ from test_sync import assert_delivered_once
 from tap_marketo_activities.sandbox import Sandbox
 
 
-@pytest.fixture(scope="module")
-def catalog(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    run = run_tap(tmp_path_factory.mktemp("discover"), config_for(sandbox),
-                  extra=("--discover",))
-    assert run.returncode == 0, run.stderr
-    return run.messages[0]
-
-
 def select(catalog: dict[str, Any], streams: set[str],
            deselect: tuple[str, ...] = ()) -> dict[str, Any]:
     chosen = json.loads(json.dumps(catalog))

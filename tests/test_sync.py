@@ -28,14 +28,6 @@ BASE = ("marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
 
 
 @pytest.fixture(scope="module")
-def catalog(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    run = run_tap(tmp_path_factory.mktemp("discover"), config_for(sandbox),
-                  extra=("--discover",))
-    assert run.returncode == 0, run.stderr
-    return run.messages[0]
-
-
-@pytest.fixture(scope="module")
 def full_run(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> TapRun:
     run = run_tap(tmp_path_factory.mktemp("full"), config_for(sandbox))
     assert run.returncode == 0, run.stderr
