@@ -197,7 +197,7 @@ class ExportScheduler:
         try:
             done = job.run()
             size = done.file_size
-            logger.info("Export %s: %.1f MB of bulk export quota used today by this API user.",
+            logger.info("Export %s: %.2f MB of bulk export quota used today by this API user.",
                         planned.spec.label, (self.quota.used_bytes + size) / 1024 / 1024)
             if self.raw_files_dir:
                 kept = keep_raw_file(done, planned.spec, self.raw_files_dir)
