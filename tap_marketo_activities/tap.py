@@ -9,11 +9,16 @@ import sys
 import time
 from functools import cached_property
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 from singer_sdk import Tap
 from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.exceptions import ConfigValidationError
+from singer_sdk.helpers.capabilities import (
+    CapabilitiesEnum,
+    PluginCapabilities,
+    TapCapabilities,
+)
 from singer_sdk.singerlib import Message, RecordMessage
 
 from tap_marketo_activities.client import MarketoClient, MarketoError, Pacer
@@ -52,6 +57,17 @@ class TapMarketoActivities(Tap):
     dynamic_catalog = True
     config_jsonschema = CONFIG_SCHEMA
     message_writer_class = RecordBufferingWriter
+    # The SDK's defaults less activate-version, which only full-table streams use.
+    capabilities: ClassVar[list[CapabilitiesEnum]] = [
+        TapCapabilities.CATALOG,
+        TapCapabilities.STATE,
+        TapCapabilities.DISCOVER,
+        PluginCapabilities.ABOUT,
+        PluginCapabilities.STREAM_MAPS,
+        PluginCapabilities.FLATTENING,
+        PluginCapabilities.BATCH,
+        PluginCapabilities.STRUCTURED_LOGGING,
+    ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._exports: SharedExports | None = None
