@@ -14,12 +14,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
+from urllib.parse import quote, quote_plus
 
 import backoff
 import requests
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# urllib3 logs request lines at DEBUG, and the identity call's carries the client secret.
+logging.getLogger("urllib3").setLevel(logging.INFO)
 
 TOKEN_MARGIN_SECONDS = 120  # refresh this long before Marketo says the token expires
 MARKETO_CALLS_PER_WINDOW = 100
@@ -29,6 +32,7 @@ MARKETO_WINDOW_SECONDS = 20.0
 PACING_WINDOW_SECONDS = MARKETO_WINDOW_SECONDS + 1.0
 MARKETO_CONCURRENT_CALLS = 10
 TRANSIENT_CODES = {"604", "608", "611", "713"}
+QUICK_TIMEOUT = (3.0, 5.0)
 
 
 class MarketoError(Exception):
@@ -71,6 +75,10 @@ class QueueFull(MarketoError):
 
 class JobAlreadyQueued(MarketoError):
     """1029 "Job already queued": the enqueue we are retrying did happen."""
+
+
+class Stopped(MarketoError):
+    """The sync is stopping (a signal, or a fatal error elsewhere): no more retries."""
 
 
 class FileNotReady(MarketoError):
@@ -163,11 +171,15 @@ class Redactor:
     """Removes the client secret and access tokens from any text that may reach a log."""
 
     def __init__(self, *secrets: str) -> None:
-        self._secrets = [s for s in secrets if s]
+        self._secrets: list[str] = []
+        for secret in secrets:
+            self.add(secret)
 
     def add(self, secret: str) -> None:
-        if secret and secret not in self._secrets:
-            self._secrets.append(secret)
+        # As is, and as it looks inside a URL's query string.
+        for form in (secret, quote_plus(secret), quote(secret, safe="")):
+            if form and form not in self._secrets:
+                self._secrets.append(form)
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
@@ -207,6 +219,7 @@ class MarketoClient:
         self._token_lock = threading.Lock()
         self._local = threading.local()
         self.calls = 0
+        self.stopping = threading.Event()  # set: give up retrying, the sync is ending
 
     @property
     def session(self) -> requests.Session:
@@ -267,9 +280,14 @@ class MarketoClient:
     def post(self, path: str, body: Any = None) -> dict[str, Any]:
         return self._send("POST", path, body=body)
 
-    def result(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        """The first item of `result`, which is how every export call answers."""
-        envelope = self._send(method, path, body=body)
+    def result(self, method: str, path: str, body: Any = None, *,
+               once: bool = False) -> dict[str, Any]:
+        """The first item of `result`, which is how every export call answers. `once`: one
+        short attempt, no retries (a cancel on the way out)."""
+        if once:
+            envelope = self._send_once(method, path, None, body, QUICK_TIMEOUT)
+        else:
+            envelope = self._send(method, path, body=body)
         items = envelope.get("result") or [{}]
         return items[0]
 
@@ -288,18 +306,21 @@ class MarketoClient:
             max_value=30,
             jitter=backoff.full_jitter,
             on_backoff=_log_retry,
+            giveup=lambda _: self.stopping.is_set(),
         )(call)
         try:
             return retrying(method, path, *args)
         except RetriableError as exc:
+            if self.stopping.is_set():
+                raise Stopped(f"{method} {path}: not retried, the sync is stopping") from None
             raise FatalError(
                 f"{exc} (still failing after {self.max_retry_seconds:.0f} s of retries on "
                 f"{method} {path}). Marketo or the network is having trouble: run again later."
             ) from None
 
     def _send_once(self, method: str, path: str, params: Mapping[str, Any] | None,
-                   body: Any) -> dict[str, Any]:
-        response = self._call(method, path, params=params, json_body=body)
+                   body: Any, timeout: tuple[float, float] | None = None) -> dict[str, Any]:
+        response = self._call(method, path, params=params, json_body=body, timeout=timeout)
         try:
             envelope = response.json()
         except ValueError:
@@ -315,7 +336,10 @@ class MarketoClient:
         return self._with_retries(self._open_file_once, "GET", path, first_byte)
 
     def _open_file_once(self, method: str, path: str, first_byte: int) -> requests.Response:
-        headers = {"Range": f"bytes={first_byte}-"} if first_byte else {}
+        # identity: Range counts bytes on the wire, and so must the download.
+        headers = {"Accept-Encoding": "identity"}
+        if first_byte:
+            headers["Range"] = f"bytes={first_byte}-"
         response = self._call(method, path, headers=headers, stream=True)
         if response.status_code == 404:
             response.close()
@@ -323,11 +347,15 @@ class MarketoClient:
         if "json" in response.headers.get("Content-Type", ""):
             envelope = response.json()
             self._check_envelope(envelope, response)
+        if response.status_code not in (200, 206):
+            response.close()
+            raise FatalError(f"{path} answered HTTP {response.status_code}: not a file")
         return response
 
     def _call(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
               json_body: Any = None, headers: Mapping[str, str] | None = None,
-              stream: bool = False) -> requests.Response:
+              stream: bool = False, timeout: tuple[float, float] | None = None
+              ) -> requests.Response:
         token = self.token()
         all_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
         with self.pacer.slot():
@@ -335,7 +363,7 @@ class MarketoClient:
             try:
                 response = self.session.request(
                     method, f"{self.base_url}{path}", params=params, json=json_body,
-                    headers=all_headers, timeout=self.timeout, stream=stream,
+                    headers=all_headers, timeout=timeout or self.timeout, stream=stream,
                 )
             except requests.RequestException as exc:
                 raise RetriableError(self.redact(f"{method} {path}: {type(exc).__name__}: "
@@ -343,7 +371,8 @@ class MarketoClient:
         if response.status_code >= 500 or response.status_code == 429:
             response.close()
             raise RetriableError(f"{method} {path} answered HTTP {response.status_code}")
-        if response.status_code in (401, 403) and not stream:
+        if response.status_code in (401, 403):
+            response.close()
             self._forget_token(token)
             raise TokenExpired(f"{method} {path} answered HTTP {response.status_code}")
         response.token = token  # type: ignore[attr-defined]

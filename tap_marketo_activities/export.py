@@ -24,8 +24,8 @@ from tap_marketo_activities.client import (
     FileNotReady,
     JobAlreadyQueued,
     MarketoClient,
-    MarketoError,
     QueueFull,
+    Stopped,
 )
 from tap_marketo_activities.settings import PrimaryFilter, isoformat
 
@@ -41,10 +41,6 @@ FILE_NOT_READY_TRIES = 4  # Marketo has said Completed a moment before the file 
 DOWNLOAD_RESUMES = 20
 CHECKSUM_ATTEMPTS = 3
 CHUNK_BYTES = 1 << 20
-
-
-class Stopped(MarketoError):
-    """The sync is stopping (signal or another job's fatal error); the job was cancelled."""
 
 
 class JobFailed(FatalError):
@@ -198,8 +194,13 @@ class ExportJob:
             status = self._poll(export_id)
 
     def _enqueue(self, export_id: str) -> None:
+        deadline = time.monotonic() + self.timings.job_timeout
         while True:
             self._check_stop()
+            if time.monotonic() > deadline:
+                raise JobFailed(self._failure(
+                    f"found Marketo's export queue full for {self.timings.job_timeout:.0f} s "
+                    "(other tools' exports?)"))
             try:
                 self.client.result("POST", f"{EXPORT_PATH}/{export_id}/enqueue.json")
                 break
@@ -223,7 +224,7 @@ class ExportJob:
 
     def _cancel(self, export_id: str) -> bool:
         try:
-            self.client.result("POST", f"{EXPORT_PATH}/{export_id}/cancel.json")
+            self.client.result("POST", f"{EXPORT_PATH}/{export_id}/cancel.json", once=True)
         except Exception as exc:  # best effort on the way out; the state keeps its id
             logger.warning("Could not cancel export %s: %s", export_id, exc)
             return False

@@ -126,6 +126,7 @@ class Problems:
         self.label = label
         self.counts: Counter[str] = Counter()
         self.cast_fields: set[tuple[str, str]] = set()
+        self.rows = 0  # data rows read, to hold against the job's numberOfRecords
 
     def report(self, kind: str, row: int, detail: str = "") -> None:
         self.counts[kind] += 1
@@ -278,19 +279,24 @@ def read_rows(path: Path, export_format: str,
         header = next(csv.reader([header_line], delimiter=delimiter), [])
         yield 0, header
         width = len(header)
-        consumed: list[str] = []
-        reader = csv.reader(_remember(text, consumed), delimiter=delimiter)
+        record: list[str] = []  # the physical lines of the record being read
+        hidden = [False]
+        reader = csv.reader(_hide_control_characters(text, record, hidden), delimiter=delimiter)
         number = 0
         while True:
             try:
                 cells = next(reader)
             except StopIteration:
                 return
-            except csv.Error:
-                cells = _reparse_with_stray_cr(consumed, delimiter)
-                problems.report("stray CR in an unquoted value", number + 1)
+            except csv.Error as exc:
+                cells = "".join(record).rstrip("\r\n").split(delimiter)
+                problems.report(f"unreadable CSV ({exc}): split on the delimiter", number + 1)
             number += 1
-            consumed.clear()
+            problems.rows = number
+            if hidden[0]:
+                cells = _restore_control_characters(cells, record, number, problems)
+                hidden[0] = False
+            record.clear()
             # Decoding runs ahead in chunks: the counter says bytes were replaced, the row
             # holding U+FFFD says where.
             undecodable += _decode_errors - seen_decode_errors
@@ -306,23 +312,39 @@ def read_rows(path: Path, export_format: str,
             yield number, cells
 
 
-def _remember(lines: Iterator[str], consumed: list[str]) -> Iterator[str]:
+# csv ends a record at a bare CR outside quotes, and (before Python 3.11) refuses NUL: both
+# are hidden from it behind private-use characters and put back in the cells.
+_STAND_INS = {"\r": "\ue000", "\x00": "\ue001"}
+_HIDE = str.maketrans(_STAND_INS)
+_RESTORE = str.maketrans({v: k for k, v in _STAND_INS.items()})
+
+
+def _hide_control_characters(lines: Iterator[str], record: list[str],
+                             hidden: list[bool]) -> Iterator[str]:
     for line in lines:
-        consumed.append(line)
+        if "\r" in line or "\x00" in line:
+            ending = "\r\n" if line.endswith("\r\n") else "\n" if line.endswith("\n") else ""
+            body = line[: len(line) - len(ending)]
+            if "\r" in body or "\x00" in body:
+                line = body.translate(_HIDE) + ending
+                hidden[0] = True
+        record.append(line)
         yield line
 
 
-_CR_STAND_IN = "\ue000"
-
-
-def _reparse_with_stray_cr(lines: list[str], delimiter: str) -> list[str]:
-    """csv refuses a bare CR outside quotes; read the record again with the CR hidden,
-    then put it back, so that the value comes out as Marketo wrote it."""
-    body = "".join(lines)
-    ending = "\r\n" if body.endswith("\r\n") else "\n" if body.endswith("\n") else ""
-    body = body[: len(body) - len(ending)].replace("\r", _CR_STAND_IN)
-    cells = next(csv.reader([body], delimiter=delimiter), [])
-    return [cell.replace(_CR_STAND_IN, "\r") for cell in cells]
+def _restore_control_characters(cells: list[str], record: list[str], number: int,
+                                problems: Problems) -> list[str]:
+    text = "".join(record)
+    if "\ue001" in text:
+        problems.report("NUL byte in a value (kept)", number)
+    position = text.find("\ue000")
+    while position >= 0:
+        if text.count('"', 0, position) % 2 == 0:  # outside quotes: not CSV as written
+            problems.report("stray CR in an unquoted value (kept)", number)
+            break
+        position = text.find("\ue000", position + 1)
+    return [cell.translate(_RESTORE) if "\ue000" in cell or "\ue001" in cell else cell
+            for cell in cells]
 
 
 def read_records(

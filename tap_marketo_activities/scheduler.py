@@ -13,6 +13,7 @@ order, so that Marketo's two processing slots stay busy while earlier files beco
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -27,14 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tap_marketo_activities.client import MarketoClient, QuotaExhausted
+from tap_marketo_activities.client import MarketoClient, QuotaExhausted, Stopped
 from tap_marketo_activities.export import (
     EXPORT_FIELDS,
     CompletedExport,
     ExportJob,
     JobSpec,
     JobTimings,
-    Stopped,
     keep_raw_file,
 )
 from tap_marketo_activities.quota import ExportQuota
@@ -54,9 +54,9 @@ class PlannedJob:
     consumers_left: set[str] = field(default_factory=set)
 
 
-def _key(export: Mapping) -> tuple:
-    return (export.get("startAt"), export.get("endAt"), tuple(export.get("activityTypeIds", ())),
-            tuple(export.get("fields", ())), export.get("format", "CSV"))
+def export_key(export: Mapping) -> str:
+    """All that an export asked for (window, types, fields, format, filter, headers)."""
+    return json.dumps({k: v for k, v in export.items() if k != "exportId"}, sort_keys=True)
 
 
 def grid_windows(
@@ -123,7 +123,7 @@ class ExportScheduler:
                  ) -> None:
         self.client = client
         self.raw_files_dir = raw_files_dir
-        self.earlier = {_key(e): str(e["exportId"]) for e in earlier_exports if "exportId" in e}
+        self.earlier = {export_key(e): dict(e) for e in earlier_exports if "exportId" in e}
         self.jobs = jobs
         self.workdir = workdir
         self.timings = timings
@@ -134,6 +134,7 @@ class ExportScheduler:
         self._started = False
         self.refusal: QuotaExhausted | None = None
         self.failure: Exception | None = None
+        self._jobs_started = 0
 
     def start(self) -> None:
         if self._started:
@@ -169,15 +170,19 @@ class ExportScheduler:
                 and not planned.future.exception():
             planned.future.result().path.unlink(missing_ok=True)
 
-    def close(self, wait_seconds: float = 8.0) -> None:
-        """Stop starting jobs; the workers cancel ours still in Marketo's queue. Waits a
-        bounded time, so that a signal is answered within seconds."""
+    def close(self, wait_seconds: float = 3.0) -> None:
+        """Stop starting jobs and cancel ours still in Marketo's queue, within seconds: the
+        workers cancel their own; what is left is cancelled side by side, once each."""
         self.stop.set()
+        self.client.stopping.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
         running = [p.future for p in self.jobs if p.future and not p.future.done()]
         wait(running, timeout=wait_seconds)
-        for job in self.in_flight():
-            job.cancel_if_running()  # a worker still inside a long call
+        left = list(self.in_flight())
+        if left:
+            cancelling = ThreadPoolExecutor(max_workers=len(left))
+            wait([cancelling.submit(job.cancel_if_running) for job in left], timeout=5.0)
+            cancelling.shutdown(wait=False)
 
     def _run(self, planned: PlannedJob) -> CompletedExport:
         if self.stop.is_set():
@@ -189,9 +194,9 @@ class ExportScheduler:
         except QuotaExhausted as exc:
             self.refusal = exc
             raise
-        earlier = self.earlier.pop(_key(planned.spec.key()), None)
+        earlier = self.earlier.pop(export_key(planned.spec.key()), None)
         job = ExportJob(self.client, planned.spec, self.workdir, self.timings, self.stop,
-                        earlier)
+                        earlier and str(earlier["exportId"]))
         planned.job = job
         size = None
         try:
@@ -218,7 +223,9 @@ class ExportScheduler:
     def exports_to_keep(self) -> list[dict]:
         """Our jobs in Marketo whose file some stream still needs, to re-attach to after a
         crash instead of paying for the same export again."""
-        keep = []
+        # An earlier run's job no job of this run has matched yet may still match one
+        # (crash again before then: keep it); once every job has started, none will.
+        keep = list(self.earlier.values()) if self._jobs_started < len(self.jobs) else []
         for planned in self.jobs:
             job = planned.job
             if job and job.export_id and planned.consumers_left and \

@@ -200,6 +200,8 @@ def parse_settings(config: Mapping[str, Any], now: dt.datetime | None = None) ->
     now = (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
     start = parse_instant("start_date", config["start_date"])
     end = parse_instant("end_date", config["end_date"]) if config.get("end_date") else now
+    # A bookmark in the future would skip what is created between now and then.
+    end = min(end, now)
     if start >= end:
         raise SettingsError(
             f"start_date ({start:%Y-%m-%dT%H:%M:%SZ}) must be before end_date "

@@ -68,6 +68,7 @@ class ActivityStream(Stream):
         self.type_id = type_id_of(schema)
         self.windows_done = 0
         self.records_written = 0
+        self._pending_bookmark: str | None = None
         self.extracted_at = dt.datetime.now(dt.timezone.utc)
 
     def generate_child_contexts(self, record: dict, context: Any) -> Iterable[Any]:
@@ -141,21 +142,40 @@ class ActivityStream(Stream):
                     logger.warning("Stopping before window %s .. %s (%s); windows already "
                                    "exported still go to every stream.", lower, upper,
                                    type(exc).__name__)
-                return
+                break
             previous_edge = edge
             self._checkpoint(upper)
             self.windows_done += 1
             self.records_written += count
             logger.info("%s: %d records for window %s .. %s; bookmark now %s.",
                         self.name, count, lower, upper, upper)
+        self._checkpoint(None)
 
-    def _checkpoint(self, bookmark: str) -> None:
+    @cached_property
+    def _batching(self) -> bool:
+        return self.get_batch_config(self.config) is not None
+
+    def _checkpoint(self, bookmark: str | None) -> None:
+        """Move the bookmark to the end of a window whose records are all written; None:
+        the stream's last window is done.
+
+        With BATCH messages the records of many windows sit in a batch file that the SDK
+        announces later, and its STATE follows that announcement: the bookmark then moves
+        once, when the stream ends, and the SDK writes it after the last BATCH message."""
+        if self._batching:
+            if bookmark is not None:
+                self._pending_bookmark = bookmark
+                return
+            bookmark, self._pending_bookmark = self._pending_bookmark, None
+        if bookmark is None:
+            return
         state = self.stream_state
         state["replication_key"] = REPLICATION_KEY
         state["replication_key_value"] = bookmark
         self._tap.note_exports_in_state()  # type: ignore[attr-defined]
         self.state_manager.is_flushed = False
-        self._write_state_message()
+        if not self._batching:
+            self._write_state_message()
 
     def _increment_stream_state(self, latest_record: dict, *, context: Any = None) -> None:
         """Bookmarks move per finished window (`_checkpoint`), never per record: rows of
@@ -191,6 +211,7 @@ class DeletedLeadStream(ActivityStream):
                 if str(item.get("activityDate", "")) < end:
                     yield builder.build(rest_cells(item), REST_COLUMNS, number, problems)
         self._checkpoint(end)
+        self._checkpoint(None)
         self.windows_done += 1
 
 
@@ -286,6 +307,9 @@ class SharedExports:
         if problems.counts:
             logger.warning("Export %s had problems, every row kept: %s", done.export_id,
                            problems.summary())
+        if done.records and problems.rows != done.records:
+            logger.warning("Export %s: Marketo counted %d records, the file held %d rows.",
+                           done.export_id, done.records, problems.rows)
         self.bytes_downloaded += done.file_size
 
     def close(self) -> None:

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from functools import cached_property
 from types import FrameType
 from typing import Any, ClassVar
@@ -21,7 +24,7 @@ from singer_sdk.helpers.capabilities import (
 )
 from singer_sdk.singerlib import Message, RecordMessage
 
-from tap_marketo_activities.client import MarketoClient, MarketoError, Pacer
+from tap_marketo_activities.client import FatalError, MarketoClient, MarketoError, Pacer
 from tap_marketo_activities.scheduler import PlannedJob
 from tap_marketo_activities.schema import (
     DELETE_LEAD_TYPE_ID,
@@ -71,6 +74,7 @@ class TapMarketoActivities(Tap):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._exports: SharedExports | None = None
+        self._dry_run = False
         self._wait_started: dict[int, float] = {}
         super().__init__(*args, **kwargs)
 
@@ -108,11 +112,13 @@ class TapMarketoActivities(Tap):
 
     def discover_streams(self) -> list[ActivityStream]:
         if self.input_catalog is not None:
-            return [
+            streams = [
                 _stream_class(type_id_of(schema))(self, entry.stream, schema)
                 for entry in self.input_catalog.values()
                 if "activityTypeId" in (schema := entry.schema.to_dict()).get("properties", {})
             ]
+            _one_stream_per_type(streams)
+            return streams
         types = self._activity_types()
         names = stream_names(types)  # over all types, so a filter never renames a stream
         wanted = self.settings.activity_type_ids
@@ -142,13 +148,18 @@ class TapMarketoActivities(Tap):
             selected = [s for s in self.streams.values()
                         if isinstance(s, ActivityStream) and s.bulk and s.wanted]
             earlier = self.state.get(EXPORTS_STATE_KEY) or []
-            self._exports = SharedExports.begin(self.client, self.settings, selected, earlier)
+            settings = self.settings
+            if self._dry_run:
+                settings = replace(settings, start=settings.end - dt.timedelta(days=1))
+            self._exports = SharedExports.begin(self.client, settings, selected, earlier)
             self._exports.on_wait = self._while_waiting
         return self._exports
 
     def note_exports_in_state(self) -> bool:
         """Put our jobs still needed into the state; True when that changed it."""
-        keep = self._exports.scheduler.exports_to_keep() if self._exports else []
+        if self._exports is None:
+            return False  # not started yet: what an earlier run left stays
+        keep = self._exports.scheduler.exports_to_keep()
         if self.state.get(EXPORTS_STATE_KEY, []) == keep:
             return False
         if keep:
@@ -179,14 +190,19 @@ class TapMarketoActivities(Tap):
         if self._exports is not None and self._exports.stop_reason is not None:
             raise self._exports.stop_reason
 
-    def run_sync_dry_run(self, *args: Any, **kwargs: Any) -> bool:
+    def run_connection_test(self) -> bool:
+        # One day of exports proves the connection; a backfill would spend quota on it.
+        self._dry_run = True
         try:
-            return super().run_sync_dry_run(*args, **kwargs)
+            return super().run_connection_test()
         finally:
             self._stop_exports()
 
     def _stop_exports(self) -> None:
+        """State first (it is what matters if we are killed next), then our jobs in
+        Marketo are cancelled, then the state again without them."""
         if self._exports is not None:
+            self.state_writer.write_state(self.state)
             self._exports.close()
             self.note_exports_in_state()
             self.state_writer.write_state(self.state)
@@ -194,13 +210,13 @@ class TapMarketoActivities(Tap):
             sys.stderr.write("\033[K")
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
-        """Cancel our jobs in Marketo, emit the state of what was delivered, exit non-zero."""
-        name = signal.Signals(signum).name
-        logger.error("Stopping on %s: cancelling this run's export jobs; the state below "
-                     "covers every window delivered, and the next run resumes there.", name)
-        self._stop_exports()
-        self.state_writer.write_state(self.state)
-        sys.exit(128 + signum)
+        """Unwind at once: the sync's `finally` emits the state and cancels our jobs. Only
+        setting flags here, since the interrupted code may hold any lock."""
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
+        if self._exports is not None:
+            self._exports.scheduler.stop.set()
+        raise Terminated(signum)
 
     def _log_summary(self, elapsed: float) -> None:
         if self._exports is None:
@@ -220,15 +236,49 @@ class TapMarketoActivities(Tap):
         logger.info("Sync summary:\n%s", "\n".join(lines))
 
 
+def _one_stream_per_type(streams: list[ActivityStream]) -> None:
+    """Rows are routed by activity type: two streams of one type would split its rows."""
+    seen: dict[int, str] = {}
+    for stream in streams:
+        if stream.type_id in seen:
+            raise FatalError(
+                f"The catalog has two streams for activity type {stream.type_id} "
+                f"({seen[stream.type_id]} and {stream.name}); keep one, or run discovery "
+                "again."
+            )
+        seen[stream.type_id] = stream.name
+
+
 def _stream_class(type_id: int) -> type[ActivityStream]:
     return DeletedLeadStream if type_id == DELETE_LEAD_TYPE_ID else ActivityStream
 
 
+class Terminated(BaseException):
+    """SIGINT or SIGTERM: unwinds through every `except Exception`, like KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def main() -> None:
-    """Console entry point: a Marketo failure is one line, not a stack trace."""
+    """Console entry point: a failure is one line, not a stack trace (DEBUG shows it)."""
+    log = logging.getLogger(TapMarketoActivities.name)
     try:
         TapMarketoActivities.cli()
+    except Terminated as stop:
+        log.error("Stopped by %s: this run's export jobs were cancelled and the state "
+                  "above covers every window delivered; the next run resumes there.",
+                  signal.Signals(stop.signum).name)
+        sys.stdout.flush()
+        os._exit(128 + stop.signum)  # workers may sit in a retry wait: do not join them
     except MarketoError as exc:
-        logging.getLogger(TapMarketoActivities.name).error("%s", exc)
+        log.error("%s", exc)
+        logger.debug("Details", exc_info=True)
+        sys.exit(1)
+    except Exception as exc:
+        log.error("Unexpected %s: %s. This is a bug of the tap: please report it with the "
+                  "log at DEBUG (TAP_MARKETO_ACTIVITIES_LOGLEVEL=DEBUG). The state above is "
+                  "safe to resume from.", type(exc).__name__, exc)
         logger.debug("Details", exc_info=True)
         sys.exit(1)

@@ -68,8 +68,9 @@ def tap_command(tmp: Path, config: dict[str, Any], state: dict | None = None,
 
 def run_tap(tmp: Path, config: dict[str, Any], state: dict | None = None,
             catalog: dict | None = None, extra: tuple[str, ...] = (),
-            timeout: float = 180) -> TapRun:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAP_MARKETO")}
+            timeout: float = 180, env: dict[str, str] | None = None) -> TapRun:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TAP_MARKETO")},
+           **(env or {})}
     done = subprocess.run(tap_command(tmp, config, state, catalog, extra), capture_output=True,
                           text=True, timeout=timeout, env=env)
     if "--discover" in extra:

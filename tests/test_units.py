@@ -9,10 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from tap_marketo_activities.export import JobSpec
 from tap_marketo_activities.records import Problems, RecordBuilder, read_records
-from tap_marketo_activities.scheduler import grid_windows, plan_jobs
+from tap_marketo_activities.scheduler import export_key, grid_windows, plan_jobs
 from tap_marketo_activities.schema import activity_schema, attribute_specs, stream_names
-from tap_marketo_activities.settings import SettingsError, normalize_base_url, parse_settings
+from tap_marketo_activities.settings import (
+    PrimaryFilter,
+    SettingsError,
+    normalize_base_url,
+    parse_settings,
+)
 
 UTC = dt.timezone.utc
 
@@ -100,6 +106,21 @@ GOOD = {"client_id": "a", "client_secret": "b", "base_url": "http://127.0.0.1:1"
 def test_bad_settings_name_the_setting(change: dict, setting: str) -> None:
     with pytest.raises(SettingsError, match=setting):
         parse_settings({**GOOD, **change})
+
+
+def test_an_end_date_in_the_future_is_now() -> None:
+    now = dt.datetime(2026, 11, 28, 12, tzinfo=UTC)
+    settings = parse_settings({**GOOD, "end_date": "2030-01-01"}, now=now)
+    assert settings.end == now
+
+
+def test_an_earlier_run_s_job_matches_only_the_very_same_export() -> None:
+    plain = JobSpec(day(0), day(1), (2,))
+    filtered = JobSpec(day(0), day(1), (2,), primary_filter=PrimaryFilter("values", ("A.B",)))
+    renamed = JobSpec(day(0), day(1), (2,), header_names=(("attributes", "Attrs"),))
+    keys = {export_key({"exportId": "x", **spec.key()}) for spec in (plain, filtered, renamed)}
+    assert len(keys) == 3
+    assert export_key({"exportId": "y", **plain.key()}) == export_key(plain.key())
 
 
 def test_dates_without_offset_are_utc() -> None:
@@ -198,6 +219,17 @@ def test_dirty_rows_are_kept_and_counted(tmp_path: Path) -> None:
     assert set(records[3]["attributes"]) == {"_unparsed"}
     assert records[4]["campaignId"] is None
     assert set(problems.counts) == {
-        "stray CR in an unquoted value", "invalid UTF-8 replaced by U+FFFD",
+        "stray CR in an unquoted value (kept)", "NUL byte in a value (kept)",
+        "invalid UTF-8 replaced by U+FFFD",
         "attributes is not valid JSON; kept as text under `_unparsed`",
         "4 cells where the header has 8"}
+
+
+def test_a_stray_cr_beside_a_quoted_newline_keeps_the_row_whole(tmp_path: Path) -> None:
+    # The attributes cell spans two physical lines (JSON allows a newline between tokens).
+    body = (HEADER + b'1,5,2024-01-01T00:00:00Z,1,7,3,pa\rge,"{""Webpage URL"":\n""a\\nb""}"\n'
+            + b'2,5,2024-01-01T00:00:00Z,1,7,3,"two\nlines and a \r",null\n')
+    records, problems = _read(tmp_path, body)
+    assert [r["primaryAttributeValue"] for r in records] == ["pa\rge", "two\nlines and a \r"]
+    assert records[0]["webpage_url"] == "a\nb"
+    assert problems.counts == {"stray CR in an unquoted value (kept)": 1}
