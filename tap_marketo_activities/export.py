@@ -223,13 +223,11 @@ class ExportJob:
         return status
 
     def _cancel(self, export_id: str) -> bool:
-        try:
-            self.client.result("POST", f"{EXPORT_PATH}/{export_id}/cancel.json", once=True)
-        except Exception as exc:  # best effort on the way out; the state keeps its id
-            logger.warning("Could not cancel export %s: %s", export_id, exc)
-            return False
-        self._note("cancelled")
-        return True
+        # On the way out, one quick try: a cancel that fails is kept in the state.
+        if cancel_export(self.client, export_id, once=self.stop.is_set()):
+            self._note("cancelled")
+            return True
+        return False
 
     def cancel_if_running(self) -> None:
         if self.export_id and self.status in ("Created", "Queued", "Processing") and \
@@ -321,6 +319,16 @@ class ExportJob:
         return (f"Export job for {self.spec.label} {what}. Its story: "
                 f"{'; '.join(self.story[-8:])}. Nothing after the last finished window was "
                 "bookmarked; run again to retry.")
+
+
+def cancel_export(client: MarketoClient, export_id: str, *, once: bool) -> bool:
+    """Cancel one of our exports; best effort, False when Marketo did not take it."""
+    try:
+        client.result("POST", f"{EXPORT_PATH}/{export_id}/cancel.json", once=once)
+    except Exception as exc:
+        logger.warning("Could not cancel export %s: %s", export_id, exc)
+        return False
+    return True
 
 
 def keep_raw_file(done: CompletedExport, spec: JobSpec, folder: Path) -> Path:

@@ -35,6 +35,7 @@ from tap_marketo_activities.export import (
     ExportJob,
     JobSpec,
     JobTimings,
+    cancel_export,
     keep_raw_file,
 )
 from tap_marketo_activities.quota import ExportQuota
@@ -134,7 +135,6 @@ class ExportScheduler:
         self._started = False
         self.refusal: QuotaExhausted | None = None
         self.failure: Exception | None = None
-        self._jobs_started = 0
 
     def start(self) -> None:
         if self._started:
@@ -178,10 +178,14 @@ class ExportScheduler:
         self._pool.shutdown(wait=False, cancel_futures=True)
         running = [p.future for p in self.jobs if p.future and not p.future.done()]
         wait(running, timeout=wait_seconds)
-        left = list(self.in_flight())
-        if left:
-            cancelling = ThreadPoolExecutor(max_workers=len(left))
-            wait([cancelling.submit(job.cancel_if_running) for job in left], timeout=5.0)
+        cancels: list[Callable[[], Any]] = [job.cancel_if_running for job in self.in_flight()]
+        if self._all_started():  # an earlier run's jobs that no job of this run matched
+            cancels += [lambda e=e: cancel_export(self.client, str(e["exportId"]), once=True)
+                        for e in self.earlier.values()]
+            self.earlier.clear()
+        if cancels:
+            cancelling = ThreadPoolExecutor(max_workers=len(cancels))
+            wait([cancelling.submit(cancel) for cancel in cancels], timeout=5.0)
             cancelling.shutdown(wait=False)
 
     def _run(self, planned: PlannedJob) -> CompletedExport:
@@ -225,13 +229,16 @@ class ExportScheduler:
         crash instead of paying for the same export again."""
         # An earlier run's job no job of this run has matched yet may still match one
         # (crash again before then: keep it); once every job has started, none will.
-        keep = list(self.earlier.values()) if self._jobs_started < len(self.jobs) else []
+        keep = list(self.earlier.values()) if not self._all_started() else []
         for planned in self.jobs:
             job = planned.job
             if job and job.export_id and planned.consumers_left and \
                     job.status in ("Created", "Queued", "Processing", "Completed"):
                 keep.append({"exportId": job.export_id, **planned.spec.key()})
         return keep
+
+    def _all_started(self) -> bool:
+        return all(p.job is not None for p in self.jobs)
 
     def in_flight(self) -> Iterable[ExportJob]:
         return [p.job for p in self.jobs if p.job and p.job.status in

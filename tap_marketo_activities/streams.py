@@ -160,22 +160,28 @@ class ActivityStream(Stream):
         the stream's last window is done.
 
         With BATCH messages the records of many windows sit in a batch file that the SDK
-        announces later, and its STATE follows that announcement: the bookmark then moves
-        once, when the stream ends, and the SDK writes it after the last BATCH message."""
+        announces later: the bookmark then moves once, in `get_batches`, after the last
+        BATCH message is out."""
         if self._batching:
-            if bookmark is not None:
-                self._pending_bookmark = bookmark
-                return
-            bookmark, self._pending_bookmark = self._pending_bookmark, None
-        if bookmark is None:
+            self._pending_bookmark = bookmark or self._pending_bookmark
             return
+        if bookmark is not None:
+            self._move_bookmark(bookmark)
+            self._write_state_message()
+
+    def get_batches(self, batch_config: Any, context: Any = None) -> Iterator[Any]:
+        yield from super().get_batches(batch_config, context)
+        # Only now has the SDK written the stream's last BATCH message.
+        if self._pending_bookmark is not None:
+            self._move_bookmark(self._pending_bookmark)
+            self._pending_bookmark = None
+
+    def _move_bookmark(self, bookmark: str) -> None:
         state = self.stream_state
         state["replication_key"] = REPLICATION_KEY
         state["replication_key_value"] = bookmark
         self._tap.note_exports_in_state()  # type: ignore[attr-defined]
         self.state_manager.is_flushed = False
-        if not self._batching:
-            self._write_state_message()
 
     def _increment_stream_state(self, latest_record: dict, *, context: Any = None) -> None:
         """Bookmarks move per finished window (`_checkpoint`), never per record: rows of

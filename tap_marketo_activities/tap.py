@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -41,15 +42,35 @@ TYPES_PATH = "/rest/v1/activities/types.json"
 EXPORTS_STATE_KEY = "marketo_exports"  # our jobs still in Marketo, to re-attach after a crash
 
 
+class Terminated(BaseException):
+    """SIGINT or SIGTERM: unwinds through every `except Exception`, like KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class RecordBufferingWriter(MsgSpecWriter):
     """msgspec serialisation, and no flush after each RECORD: a flush per record is a
     system call per record on a pipe. Every other message (SCHEMA, STATE) flushes, so a
-    state never reaches the target before the records it covers."""
+    state never reaches the target before the records it covers.
+
+    A signal that comes while a message is being written waits for the end of it: a
+    message cut in the middle would be one unreadable line for the target."""
+
+    writing = False
+    deferred_signal: int | None = None
 
     def write_message(self, message: Message) -> None:
-        sys.stdout.buffer.write(self.format_message(message))
-        if not isinstance(message, RecordMessage):
-            sys.stdout.flush()
+        self.writing = True
+        try:
+            sys.stdout.buffer.write(self.format_message(message))
+            if not isinstance(message, RecordMessage):
+                sys.stdout.flush()
+        finally:
+            self.writing = False
+        if self.deferred_signal is not None:
+            raise Terminated(self.deferred_signal)
 
 
 class TapMarketoActivities(Tap):
@@ -150,7 +171,8 @@ class TapMarketoActivities(Tap):
             earlier = self.state.get(EXPORTS_STATE_KEY) or []
             settings = self.settings
             if self._dry_run:
-                settings = replace(settings, start=settings.end - dt.timedelta(days=1))
+                last_day = settings.end - dt.timedelta(days=1)
+                settings = replace(settings, start=max(settings.start, last_day))
             self._exports = SharedExports.begin(self.client, settings, selected, earlier)
             self._exports.on_wait = self._while_waiting
         return self._exports
@@ -202,20 +224,30 @@ class TapMarketoActivities(Tap):
         """State first (it is what matters if we are killed next), then our jobs in
         Marketo are cancelled, then the state again without them."""
         if self._exports is not None:
-            self.state_writer.write_state(self.state)
-            self._exports.close()
+            try:
+                self._write_state_if_possible()
+            finally:
+                self._exports.close()
             self.note_exports_in_state()
-            self.state_writer.write_state(self.state)
+            self._write_state_if_possible()
         if sys.stderr.isatty():
             sys.stderr.write("\033[K")
 
+    def _write_state_if_possible(self) -> None:
+        try:
+            self.state_writer.write_state(self.state)
+        except OSError as exc:  # the target is gone (broken pipe): nothing to tell it
+            logger.warning("Could not write the state: %s", exc)
+
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
-        """Unwind at once: the sync's `finally` emits the state and cancels our jobs. Only
-        setting flags here, since the interrupted code may hold any lock."""
+        """Unwind at once; the sync's `finally` emits the state and cancels our jobs. Only
+        flags are set here: the interrupted code may hold any lock."""
         for number in (signal.SIGINT, signal.SIGTERM):
             signal.signal(number, signal.SIG_IGN)
-        if self._exports is not None:
-            self._exports.scheduler.stop.set()
+        writer = self.message_writer
+        if isinstance(writer, RecordBufferingWriter) and writer.writing:
+            writer.deferred_signal = signum  # raised once the message is whole
+            return
         raise Terminated(signum)
 
     def _log_summary(self, elapsed: float) -> None:
@@ -253,24 +285,17 @@ def _stream_class(type_id: int) -> type[ActivityStream]:
     return DeletedLeadStream if type_id == DELETE_LEAD_TYPE_ID else ActivityStream
 
 
-class Terminated(BaseException):
-    """SIGINT or SIGTERM: unwinds through every `except Exception`, like KeyboardInterrupt."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 def main() -> None:
     """Console entry point: a failure is one line, not a stack trace (DEBUG shows it)."""
     log = logging.getLogger(TapMarketoActivities.name)
     try:
         TapMarketoActivities.cli()
     except Terminated as stop:
-        log.error("Stopped by %s: this run's export jobs were cancelled and the state "
-                  "above covers every window delivered; the next run resumes there.",
-                  signal.Signals(stop.signum).name)
-        sys.stdout.flush()
+        log.error("Stopped by %s. The last state written covers every window delivered, "
+                  "and lists the export jobs that could not be cancelled; the next run "
+                  "resumes there.", signal.Signals(stop.signum).name)
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
         os._exit(128 + stop.signum)  # workers may sit in a retry wait: do not join them
     except MarketoError as exc:
         log.error("%s", exc)

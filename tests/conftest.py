@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -113,3 +114,43 @@ def all_guids(box: Sandbox, start: str = START, end: str = END) -> set[str]:
 
 def config_for(box: Sandbox, **overrides: Any) -> dict[str, Any]:
     return {**box.config, "end_date": END, **FAST, **overrides}
+
+
+# ---- what the fault tests assert ----------------------------------------------------
+
+TOKEN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:ab")
+RUNNING = ("Created", "Queued", "Processing")
+
+
+def assert_nothing_left_running(box: Sandbox) -> None:
+    assert [j["exportId"] for j in box.stats()["jobs"] if j["status"] in RUNNING] == []
+
+
+def assert_complete(run: TapRun, box: Sandbox) -> None:
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert set(run.guids()) == all_guids(box)
+    assert [g for g, n in run.guids().items() if n > 1] == []
+    assert_nothing_left_running(box)
+
+
+def assert_no_secrets(run: TapRun, box: Sandbox) -> None:
+    secret = box.config["client_secret"]
+    text = run.stderr + "\n".join(map(str, run.messages))
+    assert secret not in text
+    assert not TOKEN.search(text)
+
+
+def assert_clean_stop(run: TapRun, box: Sandbox, words: str) -> None:
+    assert run.returncode == 1
+    errors = [line for line in run.stderr.splitlines() if "| ERROR" in line]
+    assert any(words in line for line in errors), run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    assert_nothing_left_running(box)
+
+
+def finish_after(first: TapRun, box: Sandbox, tmp_path: Path, **config: Any) -> None:
+    """The run after a clean stop delivers the rest: nothing lost."""
+    box.clear_faults()
+    second = run_tap(tmp_path / "after", config_for(box, **config), state=first.last_state)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert set(first.guids() + second.guids()) == all_guids(box)
