@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +59,16 @@ def read_until_jobs_in_flight(process: subprocess.Popen[str]) -> list[str]:
 
 def test_sigterm_cancels_our_jobs_and_saves_state(tmp_path: Path) -> None:
     with Sandbox(job_latency=2.0, data_start=START, data_end=END) as box:
-        config = config_for(box, window_days=5)
+        config = config_for(box, window_days=5, max_retry_seconds=300)
         process = start_tap(tmp_path / "1", config)
         lines = read_until_jobs_in_flight(process)
         assert any(j["status"] in RUNNING for j in box.stats()["jobs"])
         # Marketo failing as the signal comes: the stop must not wait out retries.
         box.set_faults(http_5xx_rate=0.5)
-        signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
+        # No timing asserted: the bound only catches a stop that waits out the retry
+        # budget (300 s) or hangs.
         rest, stderr = process.communicate(timeout=30)
-        assert time.monotonic() - signalled < 10
         assert process.returncode != 0
         assert "SIGTERM" in stderr and "Traceback" not in stderr
         stopped = TapRun(process.returncode, parse_output("".join(lines) + rest), stderr)
