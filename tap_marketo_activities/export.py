@@ -110,12 +110,61 @@ class CompletedExport:
     story: list[str] = field(default_factory=list)
 
 
+class StatusBoard:
+    """One list call stands for the status calls of all our jobs in flight.
+
+    Jobs polling within `max_age` seconds of each other share one listing of this API
+    user's Created, Queued and Processing exports; a job missing from it has finished, and
+    only then asks for its own status (which carries fileSize and fileChecksum)."""
+
+    IN_FLIGHT = "Created,Queued,Processing"
+
+    def __init__(self, client: MarketoClient, max_age: float = FIRST_POLL_SECONDS) -> None:
+        self.client = client
+        self.max_age = max_age
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._taken_at = float("-inf")
+        self._lock = threading.Lock()
+        self.usable = True
+
+    def status(self, export_id: str, known_since: float) -> dict[str, Any] | None:
+        """The job as listed, or None: not in flight (ask for its status), or the listing
+        is older than the caller's last change to the job (`known_since`, monotonic)."""
+        with self._lock:
+            if time.monotonic() - self._taken_at > self.max_age:
+                self._refresh()
+            if not self.usable or self._taken_at < known_since:
+                return None
+            return self._jobs.get(export_id)
+
+    def _refresh(self) -> None:
+        taken_at = time.monotonic()
+        jobs: dict[str, dict[str, Any]] = {}
+        params: dict[str, Any] = {"status": self.IN_FLIGHT, "batchSize": 300}
+        try:
+            while True:
+                envelope = self.client.get(f"{EXPORT_PATH}.json", params)
+                jobs.update({str(j.get("exportId")): j for j in envelope.get("result") or []})
+                token = envelope.get("nextPageToken")
+                if not token or not envelope.get("result"):
+                    break
+                params = {**params, "nextPageToken": token}
+        except FatalError as exc:
+            logger.warning("Listing export jobs failed (%s): polling each job instead.", exc)
+            self.usable = False
+            return
+        self._jobs, self._taken_at = jobs, taken_at
+
+
 class ExportJob:
     """Runs one JobSpec to a verified file on disk, retrying what can be retried."""
 
     def __init__(self, client: MarketoClient, spec: JobSpec, workdir: Path, timings: JobTimings,
-                 stop: threading.Event, export_id: str | None = None) -> None:
+                 stop: threading.Event, export_id: str | None = None,
+                 board: StatusBoard | None = None) -> None:
         self.client = client
+        self.board = board
+        self._status_known_at = float("-inf")
         self.spec = spec
         self.workdir = workdir
         self.timings = timings
@@ -170,14 +219,19 @@ class ExportJob:
         job = self.client.result("POST", f"{EXPORT_PATH}/create.json", self.spec.body())
         export_id = str(job["exportId"])
         self.status = "Created"
+        self._status_known_at = time.monotonic()
         self._note(f"created {export_id}")
         return export_id
 
     def _follow(self, export_id: str) -> tuple[str, dict[str, Any]]:
         """Enqueue if needed, then poll until a final status or the timeout."""
-        status = self._poll(export_id)
+        if self.status == "Created":  # just created here: nothing to ask
+            status = {"exportId": export_id, "status": "Created"}
+        else:
+            status = self._poll(export_id)
         if status.get("status") == "Created":
             self._enqueue(export_id)
+            status = {"exportId": export_id, "status": "Queued"}
         deadline = time.monotonic() + self.timings.job_timeout
         wait = min(FIRST_POLL_SECONDS, self.timings.poll_interval)
         while True:
@@ -212,10 +266,15 @@ class ExportJob:
                             "of %s in %.0f s.", self.spec.label, wait)
                 self._sleep(wait)
         self.status = "Queued"
+        self._status_known_at = time.monotonic()  # a listing from before says Created
         self._note("queued")
 
     def _poll(self, export_id: str) -> dict[str, Any]:
-        status = self.client.result("GET", f"{EXPORT_PATH}/{export_id}/status.json")
+        listed = self.board.status(export_id, self._status_known_at) if self.board else None
+        if listed is not None:
+            status = listed
+        else:
+            status = self.client.result("GET", f"{EXPORT_PATH}/{export_id}/status.json")
         state = status.get("status", "")
         if state != self.status:
             self.status = state

@@ -31,10 +31,12 @@ from typing import Any
 from tap_marketo_activities.client import MarketoClient, QuotaExhausted, Stopped
 from tap_marketo_activities.export import (
     EXPORT_FIELDS,
+    FIRST_POLL_SECONDS,
     CompletedExport,
     ExportJob,
     JobSpec,
     JobTimings,
+    StatusBoard,
     cancel_export,
     keep_raw_file,
 )
@@ -133,6 +135,7 @@ class ExportScheduler:
         self._pool = ThreadPoolExecutor(max_workers=max_in_queue,
                                         thread_name_prefix="export")
         self._started = False
+        self.board = StatusBoard(client, min(FIRST_POLL_SECONDS, timings.poll_interval))
         self.refusal: QuotaExhausted | None = None
         self.failure: Exception | None = None
 
@@ -200,7 +203,7 @@ class ExportScheduler:
             raise
         earlier = self.earlier.pop(export_key(planned.spec.key()), None)
         job = ExportJob(self.client, planned.spec, self.workdir, self.timings, self.stop,
-                        earlier and str(earlier["exportId"]))
+                        earlier and str(earlier["exportId"]), self.board)
         planned.job = job
         size = None
         try:

@@ -119,6 +119,20 @@ def test_one_export_job_per_window_serves_all_streams(sandbox: Sandbox, full_run
     assert max(per_window.values()) <= 2  # the full run and the discovery fixture's none
 
 
+def test_one_list_call_stands_for_many_status_calls(fresh_sandbox: Sandbox, tmp_path: Path
+                                                     ) -> None:
+    config = config_for(fresh_sandbox, window_days=5, poll_interval_seconds=0.5)
+    run = run_tap(tmp_path, config)
+    assert run.returncode == 0, run.stderr
+    calls = fresh_sandbox.stats()["calls"]
+    jobs = len(fresh_sandbox.stats()["jobs"])
+    status_calls = calls["GET /bulk/v1/activities/export/{exportId}/status.json"]
+    # Polled one by one, each job would ask for its status every 0.5 s of its life; with
+    # the shared listing a job asks once it has left the queue, rarely more.
+    assert jobs == 12 and status_calls < 2 * jobs
+    assert calls["GET /bulk/v1/activities/export.json"] >= 2
+
+
 def test_state_is_checkpointed_after_every_window(full_run: TapRun) -> None:
     marks = [s["bookmarks"]["activities_visit_webpage"].get("replication_key_value")
              for s in full_run.states if "activities_visit_webpage" in s.get("bookmarks", {})]
