@@ -167,11 +167,8 @@ class ExportScheduler:
             raise
 
     def consumed(self, planned: PlannedJob, stream: str) -> None:
-        """A stream is done with a job; the file goes once nobody needs it."""
+        """A stream is done with a job (its file is removed once split: SharedExports)."""
         planned.consumers_left.discard(stream)
-        if not planned.consumers_left and planned.future and planned.future.done() \
-                and not planned.future.exception():
-            planned.future.result().path.unlink(missing_ok=True)
 
     def close(self, wait_seconds: float = 3.0) -> None:
         """Stop starting jobs and cancel ours still in Marketo's queue, within seconds: the
