@@ -277,9 +277,6 @@ class MarketoClient:
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return self._send("GET", path, params=params)
 
-    def post(self, path: str, body: Any = None) -> dict[str, Any]:
-        return self._send("POST", path, body=body)
-
     def result(self, method: str, path: str, body: Any = None, *,
                once: bool = False) -> dict[str, Any]:
         """The first item of `result`, which is how every export call answers. `once`: one

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tap_marketo_activities.schema import (
+    ALWAYS_PRESENT,
     BASE_COLUMNS,
-    KEY,
-    REPLICATION_KEY,
     ColumnSpec,
     attribute_specs,
     primary_spec,
@@ -34,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 NULL = "null"
 DELIMITERS = {"CSV": ",", "TSV": "\t"}
-ALWAYS_SELECTED = frozenset({KEY, REPLICATION_KEY, "activityTypeId"})
 REPORTED_PER_KIND = 20  # each problem kind is logged this often per file, then only counted
 
 # A 10 KB+ attribute value is real; the default limit (128 KB) is not enough for all files.
@@ -182,7 +180,7 @@ class RecordBuilder:
         primary: ColumnSpec = primary_spec(schema)
         self.primary_cast = caster(primary.json_type, primary.fmt)
         # Base columns always built but not selected (attributes feeds the typed columns).
-        self.dropped = [c for c in BASE_COLUMNS - ALWAYS_SELECTED
+        self.dropped = [c for c in BASE_COLUMNS - ALWAYS_PRESENT
                         if selected is not None and c not in selected]
 
     def build(self, cells: list[str], at: Columns, number: int,

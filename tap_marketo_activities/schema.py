@@ -63,6 +63,8 @@ def base_properties(type_id: int) -> dict[str, dict[str, Any]]:
 
 
 BASE_COLUMNS = frozenset(base_properties(0))
+# In every record and every export: the key, the replication key, and the routing column.
+ALWAYS_PRESENT = frozenset({KEY, REPLICATION_KEY, "activityTypeId"})
 
 
 def snake_case(name: str) -> str:

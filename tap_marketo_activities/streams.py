@@ -36,7 +36,13 @@ from tap_marketo_activities.records import (
     rest_cells,
 )
 from tap_marketo_activities.scheduler import ExportScheduler, PlannedJob, plan_jobs
-from tap_marketo_activities.schema import BASE_COLUMNS, KEY, REPLICATION_KEY, type_id_of
+from tap_marketo_activities.schema import (
+    ALWAYS_PRESENT,
+    BASE_COLUMNS,
+    KEY,
+    REPLICATION_KEY,
+    type_id_of,
+)
 from tap_marketo_activities.settings import Settings, isoformat, parse_instant
 
 if TYPE_CHECKING:
@@ -46,7 +52,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ALWAYS_EXPORTED = frozenset({KEY, REPLICATION_KEY, "activityTypeId"})
 PAGING_TOKEN_PATH = "/rest/v1/activities/pagingtoken.json"
 DELETED_LEADS_PATH = "/rest/v1/activities/deletedleads.json"
 DELETED_LEADS_KEPT = dt.timedelta(days=14)
@@ -104,7 +109,7 @@ class ActivityStream(Stream):
     def export_fields(self) -> set[str]:
         """The export columns this stream's selected fields need."""
         selected = self.selected_columns()
-        fields = {c for c in selected if c in BASE_COLUMNS} | ALWAYS_EXPORTED
+        fields = {c for c in selected if c in BASE_COLUMNS} | ALWAYS_PRESENT
         if selected - BASE_COLUMNS:
             fields.add("attributes")  # typed attribute columns are read from it
         return fields
@@ -149,25 +154,22 @@ class ActivityStream(Stream):
             self.records_written += count
             logger.info("%s: %d records for window %s .. %s; bookmark now %s.",
                         self.name, count, lower, upper, upper)
-        self._checkpoint(None)
 
     @cached_property
     def _batching(self) -> bool:
         return self.get_batch_config(self.config) is not None
 
-    def _checkpoint(self, bookmark: str | None) -> None:
-        """Move the bookmark to the end of a window whose records are all written; None:
-        the stream's last window is done.
+    def _checkpoint(self, bookmark: str) -> None:
+        """Move the bookmark to the end of a window whose records are all written.
 
         With BATCH messages the records of many windows sit in a batch file that the SDK
         announces later: the bookmark then moves once, in `get_batches`, after the last
         BATCH message is out."""
         if self._batching:
-            self._pending_bookmark = bookmark or self._pending_bookmark
+            self._pending_bookmark = bookmark
             return
-        if bookmark is not None:
-            self._move_bookmark(bookmark)
-            self._write_state_message()
+        self._move_bookmark(bookmark)
+        self._write_state_message()
 
     def get_batches(self, batch_config: Any, context: Any = None) -> Iterator[Any]:
         yield from super().get_batches(batch_config, context)
@@ -217,7 +219,6 @@ class DeletedLeadStream(ActivityStream):
                 if str(item.get("activityDate", "")) < end:
                     yield builder.build(rest_cells(item), REST_COLUMNS, number, problems)
         self._checkpoint(end)
-        self._checkpoint(None)
         self.windows_done += 1
 
 
@@ -234,8 +235,6 @@ class SharedExports:
 
     scheduler: ExportScheduler
     workdir: Path
-    export_format: str = "CSV"
-    header_names: dict[str, str] = field(default_factory=dict)
     on_wait: Callable[[PlannedJob], None] = lambda planned: None
     stop_reason: MarketoError | None = None
     spools: dict[tuple[int, str], _Spool] = field(default_factory=dict)
@@ -265,8 +264,7 @@ class SharedExports:
                              settings.max_job_attempts)
         scheduler = ExportScheduler(client, jobs, workdir, timings, settings.max_jobs_in_queue,
                                     quota, earlier_exports, settings.raw_files_dir)
-        shared = cls(scheduler, workdir, settings.export_format,
-                     dict(settings.column_header_names))
+        shared = cls(scheduler, workdir)
         for stream in streams:
             shared.builders[stream.name] = RecordBuilder(stream.name, stream.schema,
                                                          stream.selected_columns())
@@ -296,8 +294,8 @@ class SharedExports:
         own = self.builders[mine]
         dump = marshal.dump
         try:
-            rows = read_records(done.path, self.export_format, builders, problems,
-                                self.header_names)
+            rows = read_records(done.path, planned.spec.export_format, builders, problems,
+                                dict(planned.spec.header_names))
             for builder, record in rows:
                 if builder is own:
                     yield record
