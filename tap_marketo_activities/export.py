@@ -13,6 +13,7 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from tap_marketo_activities.client import (
     QueueFull,
     Stopped,
 )
+from tap_marketo_activities.quota import central_midnight
 from tap_marketo_activities.settings import PrimaryFilter, isoformat
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ FILE_NOT_READY_TRIES = 4  # Marketo has said Completed a moment before the file 
 DOWNLOAD_RESUMES = 20
 CHECKSUM_ATTEMPTS = 3
 CHUNK_BYTES = 1 << 20
+RUNNING_STATUSES = ("Created", "Queued", "Processing")  # a job in Marketo not finished yet
+FINAL_STATUSES = ("Completed", "Failed", "Cancelled")
 
 
 class JobFailed(FatalError):
@@ -117,7 +121,7 @@ class StatusBoard:
     user's Created, Queued and Processing exports; a job missing from it has finished, and
     only then asks for its own status (which carries fileSize and fileChecksum)."""
 
-    IN_FLIGHT = "Created,Queued,Processing"
+    IN_FLIGHT = ",".join(RUNNING_STATUSES)
 
     def __init__(self, client: MarketoClient, max_age: float = FIRST_POLL_SECONDS) -> None:
         self.client = client
@@ -139,16 +143,9 @@ class StatusBoard:
 
     def _refresh(self) -> None:
         taken_at = time.monotonic()
-        jobs: dict[str, dict[str, Any]] = {}
-        params: dict[str, Any] = {"status": self.IN_FLIGHT, "batchSize": 300}
         try:
-            while True:
-                envelope = self.client.get(f"{EXPORT_PATH}.json", params)
-                jobs.update({str(j.get("exportId")): j for j in envelope.get("result") or []})
-                token = envelope.get("nextPageToken")
-                if not token or not envelope.get("result"):
-                    break
-                params = {**params, "nextPageToken": token}
+            jobs = {str(j.get("exportId")): j for j in list_exports(self.client,
+                                                                     RUNNING_STATUSES)}
         except FatalError as exc:
             logger.warning("Listing export jobs failed (%s): polling each job instead.", exc)
             self.usable = False
@@ -156,13 +153,43 @@ class StatusBoard:
         self._jobs, self._taken_at = jobs, taken_at
 
 
+def list_exports(client: MarketoClient, statuses: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """This API user's activity exports of the past 7 days in these statuses, every page."""
+    params: dict[str, Any] = {"status": ",".join(statuses), "batchSize": 300}
+    while True:
+        envelope = client.get(f"{EXPORT_PATH}.json", params)
+        yield from envelope.get("result") or []
+        token = envelope.get("nextPageToken")
+        if not token or not envelope.get("result"):
+            return
+        params = {**params, "nextPageToken": token}
+
+
+def used_today(client: MarketoClient, now: dt.datetime) -> int:
+    """Bytes of this API user's activity exports Completed since midnight US Central: what
+    Marketo counts against today's export quota."""
+    since = central_midnight(now)
+    used = 0
+    for job in list_exports(client, ("Completed",)):
+        try:
+            finished = dt.datetime.fromisoformat(str(job.get("finishedAt")).replace("Z",
+                                                                                    "+00:00"))
+        except ValueError:
+            continue
+        if finished >= since:
+            used += int(job.get("fileSize") or 0)
+    return used
+
+
 class ExportJob:
     """Runs one JobSpec to a verified file on disk, retrying what can be retried."""
 
     def __init__(self, client: MarketoClient, spec: JobSpec, workdir: Path, timings: JobTimings,
                  stop: threading.Event, export_id: str | None = None,
-                 board: StatusBoard | None = None) -> None:
+                 board: StatusBoard | None = None,
+                 on_created: Callable[[str], None] = lambda export_id: None) -> None:
         self.client = client
+        self.on_created = on_created  # before enqueueing: the state must name the job
         self.board = board
         self._status_known_at = float("-inf")
         self.spec = spec
@@ -171,8 +198,19 @@ class ExportJob:
         self.stop = stop
         self.export_id = export_id  # set: re-attach to a job of an earlier run
         self.story: list[str] = []
-        self.status = "New"
+        self._status = "New"
+        self.status_since = time.monotonic()
+        self.completed_before = False  # re-used and already Completed: its bytes counted
         self.received = 0  # bytes of the file so far, for progress on a terminal
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    @status.setter
+    def status(self, value: str) -> None:
+        if value != self._status:
+            self._status, self.status_since = value, time.monotonic()
 
     def run(self) -> CompletedExport:
         failures = 0
@@ -182,6 +220,7 @@ class ExportJob:
         while True:
             if self.export_id is None:
                 self.export_id = self._create()
+                self.on_created(self.export_id)
             try:
                 outcome, status = self._follow(self.export_id)
             except FatalError as exc:
@@ -229,6 +268,7 @@ class ExportJob:
             status = {"exportId": export_id, "status": "Created"}
         else:
             status = self._poll(export_id)
+            self.completed_before = status.get("status") == "Completed"
         if status.get("status") == "Created":
             self._enqueue(export_id)
             status = {"exportId": export_id, "status": "Queued"}
@@ -236,7 +276,7 @@ class ExportJob:
         wait = min(FIRST_POLL_SECONDS, self.timings.poll_interval)
         while True:
             state = status.get("status", "")
-            if state in ("Completed", "Failed", "Cancelled"):
+            if state in FINAL_STATUSES:
                 if state != "Completed":
                     self._note(f"{state}: {status.get('errorMsg', 'no reason given')}")
                 return state, status
@@ -289,7 +329,7 @@ class ExportJob:
         return False
 
     def cancel_if_running(self) -> None:
-        if self.export_id and self.status in ("Created", "Queued", "Processing") and \
+        if self.export_id and self.status in RUNNING_STATUSES and \
                 self._cancel(self.export_id):
             self.status = "Cancelled"
 

@@ -1,19 +1,20 @@
-"""The daily bulk export quota: what this tap has used today, and the room left under its cap.
+"""The daily bulk export quota: what has been used today, what a window will cost, and the plan.
 
 Marketo counts the `fileSize` of completed exports against 500 MB a day, reset at midnight
-US Central time, and shares it with every bulk export of the instance.
+US Central time, and shares it with every bulk export of the instance. This module is
+arithmetic only: the scheduler asks it what a window will cost and whether it fits.
+
+Sizes are learnt as bytes per day per activity type (and whether the job exported the
+`attributes` column, which is most of a file's bytes), so that runs whose types and fields
+differ still estimate well. They are kept in the state between runs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import threading
+import math
+from collections.abc import Iterable, Mapping
 from typing import Any
-
-from tap_marketo_activities.client import MarketoClient, QuotaExhausted
-
-logger = logging.getLogger(__name__)
 
 try:
     from zoneinfo import ZoneInfo
@@ -22,8 +23,11 @@ try:
 except Exception:  # no tz database on this machine: standard time is close enough
     CENTRAL = dt.timezone(dt.timedelta(hours=-6))
 
-LIST_PATH = "/bulk/v1/activities/export.json"
-MB = 1024 * 1024
+MB = 1024 * 1024  # the one meaning of MB: settings, logs, summary and README
+MARGIN = 1.2  # a window is reserved at its estimate plus this much
+RATE_MEMORY_DAYS = 31.0  # how many days of earlier exports an estimate keeps weighing
+DAY = 86400.0
+FILE_OVERHEAD_BYTES = 1024  # a file's header, which a short window's rows do not pay for
 
 
 def central_midnight(now: dt.datetime) -> dt.datetime:
@@ -35,82 +39,113 @@ def next_reset(now: dt.datetime) -> dt.datetime:
     return central_midnight(now) + dt.timedelta(days=1)
 
 
-def _parse(value: Any) -> dt.datetime | None:
-    try:
-        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
+def reset_text(now: dt.datetime) -> str:
+    """When the quota resets, in UTC and US Central."""
+    reset = next_reset(now)
+    return (f"{reset.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC "
+            f"({reset:%Y-%m-%d %H:%M} US Central)")
+
+
+def size_key(type_id: int, fields: Iterable[str]) -> str:
+    return str(type_id) if "attributes" in fields else f"{type_id}:narrow"
+
+
+def mb(size: float) -> str:
+    return f"{size / MB:.2f} MB"
 
 
 class ExportQuota:
-    """Bytes exported today by this API user, against the tap's own daily cap."""
+    """Bytes exported today by this API user against the tap's own cap, and the learnt sizes.
 
-    def __init__(self, cap_bytes: float, used_bytes: int = 0) -> None:
+    Not thread-safe: the scheduler calls it under its own lock."""
+
+    def __init__(self, cap_bytes: float, used_bytes: int = 0,
+                 rates: Mapping[str, Any] | None = None) -> None:
         self.cap_bytes = cap_bytes
-        self.used_bytes = used_bytes
+        self.used_bytes = used_bytes  # today, before and during this run
+        self.used_by_run = 0
         self.reserved_bytes = 0.0
         self.running = 0
-        self.bytes_per_day = 0.0  # the largest seen so far: the estimate for the next job
-        self._cond = threading.Condition()
+        self.rates: dict[str, tuple[float, float]] = {}  # key -> (bytes per day, days seen)
+        for key, value in (rates or {}).items():
+            if isinstance(value, list | tuple) and len(value) == 2:
+                self.rates[str(key)] = (float(value[0]), float(value[1]) / DAY)
 
-    @classmethod
-    def from_marketo(cls, client: MarketoClient, cap_bytes: float) -> ExportQuota:
-        """Today's usage: fileSize of this user's activity exports Completed since midnight."""
-        since = central_midnight(dt.datetime.now(dt.timezone.utc))
-        used = 0
-        token: str | None = None
-        while True:
-            params: dict[str, Any] = {"status": "Completed", "batchSize": 300}
-            if token:
-                params["nextPageToken"] = token
-            envelope = client.get(LIST_PATH, params)
-            for job in envelope.get("result") or []:
-                finished = _parse(job.get("finishedAt"))
-                if finished and finished >= since:
-                    used += int(job.get("fileSize") or 0)
-            token = envelope.get("nextPageToken")
-            if not token or not envelope.get("result"):
-                break
-        logger.info("Bulk export quota: %.1f MB used today by this API user; this tap stops "
-                    "before %.1f MB (max_export_mb_per_day).", used / MB, cap_bytes / MB)
-        return cls(cap_bytes, used)
+    # -- estimates ------------------------------------------------------------------------
 
-    def reserve(self, spec: Any) -> float:
-        """Book room for a job before it starts, or stop cleanly. Until one job of this run
-        has finished there is nothing to estimate from: then, once over half the cap is
-        used, the first job runs alone so that its size can be learnt."""
-        days = _days(spec)
-        with self._cond:
-            while self.bytes_per_day == 0 and self.running > 0 and \
-                    self.used_bytes > self.cap_bytes / 2:
-                self._cond.wait(timeout=1.0)
-            estimate = self.bytes_per_day * days * 1.2
-            if self.used_bytes + self.reserved_bytes + estimate > self.cap_bytes:
-                raise QuotaExhausted(self._refusal(estimate))
-            self.reserved_bytes += estimate
-            self.running += 1
-            return estimate
+    def bytes_per_day(self, keys: Iterable[str]) -> float | None:
+        """What a day of these keys exports; None while nothing at all has been learnt.
+        A key not seen yet counts as the average of those seen."""
+        if not self.rates:
+            return None
+        average = sum(rate for rate, _ in self.rates.values()) / len(self.rates)
+        return sum(self.rates.get(key, (average, 0.0))[0] for key in keys)
 
-    def settle(self, spec: Any, reserved: float, file_size: int | None) -> None:
-        """A job ended: its real size replaces its reservation (None: it exported nothing)."""
-        with self._cond:
-            self.reserved_bytes -= reserved
-            self.running -= 1
-            if file_size is not None:
-                self.used_bytes += file_size
-                self.bytes_per_day = max(self.bytes_per_day, file_size / _days(spec), 1.0)
-            self._cond.notify_all()
+    def estimate(self, keys: Iterable[str], seconds: float) -> float | None:
+        rate = self.bytes_per_day(keys)
+        return None if rate is None else rate * seconds / DAY + FILE_OVERHEAD_BYTES
 
-    def _refusal(self, estimate: float) -> str:
-        now = dt.datetime.now(dt.timezone.utc)
-        return (
-            f"This tap's daily export cap is reached: {self.used_bytes / MB:.1f} MB used "
-            f"today, the next window needs about {estimate / MB:.1f} MB more, and "
-            f"max_export_mb_per_day is {self.cap_bytes / MB:.1f}. The quota resets at "
-            f"midnight US Central ({next_reset(now):%Y-%m-%d %H:%M %Z}); run again after "
-            "that and the sync resumes from its state."
-        )
+    def learn(self, sizes: Mapping[str, float], seconds: float) -> None:
+        """A file read: `sizes` are its bytes per key over a window of `seconds`."""
+        days = max(seconds / DAY, 1 / 24)
+        for key, size in sizes.items():
+            old_rate, old_days = self.rates.get(key, (0.0, 0.0))
+            seen = min(old_days, RATE_MEMORY_DAYS)
+            self.rates[key] = ((old_rate * seen + size) / (seen + days), seen + days)
 
+    def saved_rates(self) -> dict[str, list[int]]:
+        """For the state: [bytes per day, seconds of exports seen], as integers (SDK targets
+        read JSON numbers as Decimal, and some cannot write a Decimal back out)."""
+        return {key: [round(rate), round(days * DAY)] for key, (rate, days) in
+                sorted(self.rates.items())}
 
-def _days(spec: Any) -> float:
-    return max((spec.end - spec.start).total_seconds() / 86400, 1 / 24)
+    # -- room ---------------------------------------------------------------------------
+
+    def room(self) -> float:
+        return self.cap_bytes - self.used_bytes - self.reserved_bytes
+
+    def fits(self, estimate: float) -> bool:
+        return estimate * MARGIN <= self.room()
+
+    def seconds_that_fit(self, keys: Iterable[str]) -> float:
+        rate = self.bytes_per_day(keys) or 0.0
+        if rate <= 0:
+            return math.inf
+        return max(0.0, (self.room() / MARGIN - FILE_OVERHEAD_BYTES) / rate * DAY)
+
+    def reserve(self, estimate: float | None) -> float:
+        amount = (estimate or 0.0) * MARGIN
+        self.reserved_bytes += amount
+        self.running += 1
+        return amount
+
+    def settle(self, reserved: float, file_size: int | None) -> None:
+        """A job ended: its real size replaces its reservation (None: it exported nothing
+        that counts today)."""
+        self.reserved_bytes -= reserved
+        self.running -= 1
+        if file_size:
+            self.used_bytes += file_size
+            self.used_by_run += file_size
+
+    # -- words --------------------------------------------------------------------------
+
+    def plan_line(self, left_bytes: float, streams: int, now: dt.datetime) -> str:
+        """`Backfill plan: …`: what is left, and how many daily runs it takes at the cap."""
+        today = max(0.0, self.cap_bytes - self.used_bytes)
+        if left_bytes <= today:
+            runs, finish = 1, central_midnight(now)
+        else:
+            more = math.ceil((left_bytes - today) / self.cap_bytes)
+            runs, finish = more + (1 if today > 0 else 0), central_midnight(now) + \
+                dt.timedelta(days=more)
+        return (f"Backfill plan: about {mb(left_bytes)} left to export for {streams} "
+                f"stream{'s' if streams != 1 else ''}; at max_export_mb_per_day="
+                f"{self.cap_bytes / MB:g} that is {runs} daily run{'s' if runs != 1 else ''}, "
+                f"finishing around {finish:%Y-%m-%d} (US Central), if other tools leave "
+                "the quota alone.")
+
+    def cap_reached(self, now: dt.datetime) -> str:
+        return (f"This tap's daily export cap is reached: {mb(self.used_bytes)} of "
+                f"max_export_mb_per_day={self.cap_bytes / MB:g} MB used today by this API "
+                f"user. The quota resets at {reset_text(now)}; the next run resumes there.")

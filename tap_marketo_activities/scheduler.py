@@ -4,10 +4,13 @@ Windows line up on one grid for every stream: the grid starts at the earliest st
 and steps by `window_days`. A stream whose bookmark falls inside a grid window gets one
 shorter first window up to the next grid line (shared with every stream of the same
 bookmark); from there on it shares the grid windows, and so one job per window serves all
-streams. A stream therefore never receives a row from before its own bookmark.
+streams. A stream therefore never receives a row from before its own bookmark. Windows
+that go backward in time (`backfill_order: newest_first`) are the same grid, mirrored.
 
-The scheduler keeps up to `max_jobs_in_queue` jobs of ours in Marketo at once, in window
-order, so that Marketo's two processing slots stay busy while earlier files become records.
+The scheduler starts jobs in window order, at most `max_jobs_in_queue` of them ahead of the
+window whose records are being written (so temp disk holds at most that many files), each
+only once the daily export quota has room for it: a window that does not fit is cut
+shorter, and while no size is known the first window is a one-day probe that runs alone.
 """
 
 from __future__ import annotations
@@ -15,16 +18,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import (
-    CancelledError,
-    Future,
-    ThreadPoolExecutor,
-    TimeoutError,
-    wait,
-)
-from dataclasses import dataclass, field
+from concurrent.futures import Future, TimeoutError, wait
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from tap_marketo_activities.client import MarketoClient, QuotaExhausted, Stopped
 from tap_marketo_activities.export import (
     EXPORT_FIELDS,
     FIRST_POLL_SECONDS,
+    RUNNING_STATUSES,
     CompletedExport,
     ExportJob,
     JobSpec,
@@ -40,21 +40,40 @@ from tap_marketo_activities.export import (
     cancel_export,
     keep_raw_file,
 )
-from tap_marketo_activities.quota import ExportQuota
-from tap_marketo_activities.settings import PrimaryFilter
+from tap_marketo_activities.quota import ExportQuota, mb, size_key
+from tap_marketo_activities.settings import PrimaryFilter, parse_instant
 
 logger = logging.getLogger(__name__)
 
 WAIT_TICK_SECONDS = 1.0
+FORWARD, BACKWARD = "forward", "backward"
+PROBE = dt.timedelta(days=1)  # the first window when no export size is known yet
+SMALLEST_CUT = dt.timedelta(hours=1)  # a window cut to fit the quota is whole hours
+
+Window = tuple[dt.datetime, dt.datetime]
 
 
 @dataclass
 class PlannedJob:
     spec: JobSpec
     streams: list[str]
-    future: Future[CompletedExport] | None = None
+    direction: str = FORWARD
+    needed_types: tuple[int, ...] = ()  # what this run needs; a re-used job may ask more
+    future: Future[CompletedExport] = field(default_factory=Future)
     job: ExportJob | None = None
-    consumers_left: set[str] = field(default_factory=set)
+    reserved: float = 0.0
+    emitted: bool = False
+
+    def __post_init__(self) -> None:
+        self.needed_types = self.needed_types or self.spec.type_ids
+
+    @property
+    def size_keys(self) -> list[str]:
+        return [size_key(t, self.spec.fields) for t in self.spec.type_ids]
+
+    @property
+    def seconds(self) -> float:
+        return (self.spec.end - self.spec.start).total_seconds()
 
 
 def export_key(export: Mapping) -> str:
@@ -64,12 +83,12 @@ def export_key(export: Mapping) -> str:
 
 def grid_windows(
     starts: Mapping[str, dt.datetime], end: dt.datetime, width: dt.timedelta
-) -> dict[str, list[tuple[dt.datetime, dt.datetime]]]:
+) -> dict[str, list[Window]]:
     """Each stream's windows from its start to `end`, aligned on one grid (module doc)."""
     if not starts:
         return {}
     anchor = min(starts.values())
-    plans: dict[str, list[tuple[dt.datetime, dt.datetime]]] = {}
+    plans: dict[str, list[Window]] = {}
     for stream, start in starts.items():
         windows = []
         steps = (start - anchor) // width
@@ -83,6 +102,20 @@ def grid_windows(
     return plans
 
 
+def backward_windows(
+    ends: Mapping[str, dt.datetime], start: dt.datetime, width: dt.timedelta
+) -> dict[str, list[Window]]:
+    """Each stream's windows from its end back to `start`, newest first: the grid of
+    `grid_windows` run on mirrored time."""
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+    def mirror(moment: dt.datetime) -> dt.datetime:
+        return epoch + (epoch - moment) + dt.timedelta(days=365 * 400)
+
+    mirrored = grid_windows({s: mirror(e) for s, e in ends.items()}, mirror(start), width)
+    return {s: [(mirror(b), mirror(a)) for a, b in windows] for s, windows in mirrored.items()}
+
+
 def plan_jobs(
     starts: Mapping[str, dt.datetime],
     type_ids: Mapping[str, int],
@@ -90,130 +123,317 @@ def plan_jobs(
     width: dt.timedelta,
     fields: Mapping[str, set[str]] | None = None,
     filters: Mapping[str, PrimaryFilter | None] | None = None,
+    direction: str = FORWARD,
     **spec_options: Any,
 ) -> list[PlannedJob]:
     """One job per distinct window, serving every stream that needs that window, asking
     for the columns those streams need (all of them when `fields` is not given). A stream
     with a primary attribute filter gets jobs of its own (Marketo applies a filter to every
-    type of a job). `spec_options` go to every JobSpec (format, header names)."""
+    type of a job). Going BACKWARD, `starts` are each stream's upper edge and `end` the
+    lower bound. `spec_options` go to every JobSpec (format, header names)."""
+    if direction == FORWARD:
+        windows = grid_windows(starts, end, width)
+    else:
+        windows = backward_windows(starts, end, width)
     by_window: dict[tuple, list[str]] = {}
-    for stream, windows in grid_windows(starts, end, width).items():
+    for stream, stream_windows in windows.items():
         primary = (filters or {}).get(stream)
-        for window in windows:
+        for window in stream_windows:
             by_window.setdefault((*window, primary and stream), []).append(stream)
     jobs = []
-    for (lower, upper, filtered), streams in sorted(by_window.items(), key=_window_order):
+    for (lower, upper, filtered), streams in sorted(by_window.items(), key=_order(direction)):
         ids = tuple(sorted({type_ids[s] for s in streams}))
         needed = set().union(*(fields[s] for s in streams)) if fields else set(EXPORT_FIELDS)
         columns = tuple(f for f in EXPORT_FIELDS if f in needed)
         primary = (filters or {}).get(filtered) if filtered else None
         spec = JobSpec(lower, upper, ids, columns, primary_filter=primary, **spec_options)
-        jobs.append(PlannedJob(spec, sorted(streams), consumers_left=set(streams)))
+        jobs.append(PlannedJob(spec, sorted(streams), direction))
     return jobs
 
 
-def _window_order(item: tuple[tuple, list[str]]) -> tuple:
-    lower, upper, filtered = item[0]
-    return (lower, upper, filtered or "")
+def _order(direction: str) -> Callable[[tuple[tuple, list[str]]], tuple]:
+    sign = 1 if direction == FORWARD else -1
+
+    def key(item: tuple[tuple, list[str]]) -> tuple:
+        lower, upper, filtered = item[0]
+        return (sign * lower.timestamp(), sign * upper.timestamp(), filtered or "")
+
+    return key
+
+
+def spec_of_export(export: Mapping[str, Any], like: JobSpec) -> JobSpec | None:
+    """The JobSpec an earlier run's export asked for, or None when it differs from `like`
+    in anything but its window, types and fields (format, filter, header names)."""
+    try:
+        spec = replace(like, start=parse_instant("exportId", export["startAt"]),
+                       end=parse_instant("exportId", export["endAt"]),
+                       type_ids=tuple(int(t) for t in export["activityTypeIds"]),
+                       fields=tuple(str(f) for f in export["fields"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    same = {k: v for k, v in spec.key().items() if k not in ("startAt", "endAt",
+                                                              "activityTypeIds", "fields")}
+    asked = {k: v for k, v in export.items() if k not in ("exportId", "startAt", "endAt",
+                                                          "activityTypeIds", "fields")}
+    if "filter" in same:  # the filter also holds the window and the types
+        same["filter"] = {k: v for k, v in same["filter"].items()
+                          if k not in ("createdAt", "activityTypeIds")}
+        asked["filter"] = {k: v for k, v in (asked.get("filter") or {}).items()
+                           if k not in ("createdAt", "activityTypeIds")}
+    return spec if same == asked else None
+
+
+def covers(earlier: JobSpec, planned: PlannedJob) -> bool:
+    """An earlier export serves a planned window when it starts at the planned window's
+    edge (its end, going backward), lies inside it, and asks for every type and field."""
+    wanted = planned.spec
+    edge_ok = earlier.start == wanted.start if planned.direction == FORWARD else \
+        earlier.end == wanted.end
+    return (edge_ok and wanted.start <= earlier.start < earlier.end <= wanted.end
+            and set(earlier.type_ids) >= set(wanted.type_ids)
+            and set(earlier.fields) >= set(wanted.fields))
 
 
 class ExportScheduler:
-    """Runs planned jobs ahead of the streams that read them, in window order."""
+    """Runs planned jobs ahead of the window being written, in window order."""
 
     def __init__(self, client: MarketoClient, jobs: list[PlannedJob], workdir: Path,
                  timings: JobTimings, max_in_queue: int, quota: ExportQuota,
-                 earlier_exports: Iterable[Mapping] = (), raw_files_dir: Path | None = None
-                 ) -> None:
+                 earlier_exports: Iterable[Mapping] = (), raw_files_dir: Path | None = None,
+                 heartbeat_seconds: float = 60.0) -> None:
         self.client = client
         self.raw_files_dir = raw_files_dir
-        self.earlier = {export_key(e): dict(e) for e in earlier_exports if "exportId" in e}
+        self.earlier = [dict(e) for e in earlier_exports if "exportId" in e]
         self.jobs = jobs
         self.workdir = workdir
         self.timings = timings
+        self.max_in_queue = max_in_queue
         self.quota = quota
         self.stop = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=max_in_queue,
-                                        thread_name_prefix="export")
-        self._started = False
         self.board = StatusBoard(client, min(FIRST_POLL_SECONDS, timings.poll_interval))
         self.refusal: QuotaExhausted | None = None
         self.failure: Exception | None = None
+        self.heartbeat_seconds = heartbeat_seconds
+        self._cond = threading.Condition(threading.RLock())  # exports_for_state nests
+        self._next = 0  # the next job to start
+        self._emitted = 0  # jobs whose records are all written
+        self._state_asked = 0  # versions of the exports list, to persist before enqueueing
+        self._state_written = 0
+        self._threads: list[threading.Thread] = []
+        self._started_at = time.monotonic()
+        self._finished_seconds: list[float] = []
+
+    # -- the consumer's side ----------------------------------------------------------------
 
     def start(self) -> None:
-        if self._started:
+        if self._threads:
             return
-        self._started = True
-        for planned in self.jobs:
-            planned.future = self._pool.submit(self._run, planned)
+        self._threads = [threading.Thread(target=self._work, name=f"export-{n}", daemon=True)
+                         for n in range(self.max_in_queue)]
+        self._threads.append(threading.Thread(target=self._heartbeat, name="heartbeat",
+                                              daemon=True))
+        for thread in self._threads:
+            thread.start()
 
-    def windows_of(self, stream: str) -> list[PlannedJob]:
-        return [job for job in self.jobs if stream in job.streams]
+    def job_at(self, index: int) -> PlannedJob | None:
+        """The index-th job in window order; jobs inserted by cuts are counted."""
+        with self._cond:
+            return self.jobs[index] if index < len(self.jobs) else None
 
     def result(self, planned: PlannedJob,
                on_wait: Callable[[PlannedJob], None]) -> CompletedExport:
         """Wait for a job's file, calling `on_wait` now and then. Raises the job's error,
         or for a job stopped on the way, the error that stopped it."""
         self.start()
-        assert planned.future is not None
         try:
             while True:
                 try:
                     return planned.future.result(timeout=WAIT_TICK_SECONDS)
                 except TimeoutError:
                     on_wait(planned)
-        except (Stopped, CancelledError):
+        except Stopped:
             if self.failure is not None:
                 raise self.failure from None
             raise
 
-    def consumed(self, planned: PlannedJob, stream: str) -> None:
-        """A stream is done with a job (its file is removed once split: SharedExports)."""
-        planned.consumers_left.discard(stream)
+    def emitted(self, planned: PlannedJob, sizes: Mapping[int, int]) -> None:
+        """Every record of a window is written: its file goes, and what it held per type
+        (rows) teaches the quota the size of each type."""
+        with self._cond:
+            planned.emitted = True
+            self._emitted += 1
+            done = planned.future.result()
+            total = sum(sizes.values())
+            learnt: dict[str, float] = {}
+            for type_id in planned.spec.type_ids:
+                share = sizes.get(type_id, 0) / total if total else 1 / len(planned.spec.type_ids)
+                key = size_key(type_id, planned.spec.fields)
+                learnt[key] = learnt.get(key, 0.0) + done.file_size * share
+            self.quota.learn(learnt, planned.seconds)
+            self._cond.notify_all()
+        done.path.unlink(missing_ok=True)
 
-    def close(self, wait_seconds: float = 3.0) -> None:
-        """Stop starting jobs and cancel ours still in Marketo's queue, within seconds: the
-        workers cancel their own; what is left is cancelled side by side, once each."""
-        self.stop.set()
-        self.client.stopping.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        running = [p.future for p in self.jobs if p.future and not p.future.done()]
-        wait(running, timeout=wait_seconds)
-        cancels: list[Callable[[], Any]] = [job.cancel_if_running for job in self.in_flight()]
-        if self._all_started():  # an earlier run's jobs that no job of this run matched
-            cancels += [lambda e=e: cancel_export(self.client, str(e["exportId"]), once=True)
-                        for e in self.earlier.values()]
-            self.earlier.clear()
-        if cancels:
-            cancelling = ThreadPoolExecutor(max_workers=len(cancels))
-            wait([cancelling.submit(cancel) for cancel in cancels], timeout=5.0)
-            cancelling.shutdown(wait=False)
+    def state_wanted(self) -> bool:
+        """A job was created and waits for the state to name it before it is enqueued."""
+        return self._state_asked > self._state_written
+
+    def exports_for_state(self) -> tuple[int, list[dict]]:
+        """What the next STATE must list, and the version of it to pass to
+        `state_written` once that STATE is out."""
+        with self._cond:
+            return self._state_asked, self.exports_to_keep()
+
+    def state_written(self, version: int) -> None:
+        with self._cond:
+            self._state_written = max(self._state_written, version)
+            self._cond.notify_all()
+
+    def left_bytes(self) -> float | None:
+        """An estimate of what the jobs not yet exported will cost, or None."""
+        with self._cond:
+            left = 0.0
+            for planned in self.jobs:
+                if planned.future.done() or planned.emitted:
+                    continue
+                estimate = self.quota.estimate(planned.size_keys, planned.seconds)
+                if estimate is None:
+                    return None
+                left += estimate
+            return left
+
+    # -- the workers ----------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (planned := self._take()) is not None:
+            try:
+                planned.future.set_result(self._run(planned))
+            except BaseException as exc:
+                planned.future.set_exception(exc)
+
+    def _take(self) -> PlannedJob | None:
+        with self._cond:
+            while True:
+                if self.stop.is_set() or self._next >= len(self.jobs):
+                    return None
+                if self.refusal is not None:
+                    self._refuse_rest(self.refusal)
+                    return None
+                if self._next >= self._emitted + self.max_in_queue:  # bounded temp disk
+                    self._cond.wait(WAIT_TICK_SECONDS)
+                    continue
+                planned = self.jobs[self._next]
+                verdict = self._admit(planned)
+                if verdict == "wait":
+                    self._cond.wait(WAIT_TICK_SECONDS)
+                    continue
+                if verdict == "refuse":
+                    self.refusal = QuotaExhausted(self.quota.cap_reached(
+                        dt.datetime.now(dt.timezone.utc)))
+                    continue
+                self._next += 1
+                return planned
+
+    def _admit(self, planned: PlannedJob) -> str:
+        """go, wait or refuse: the quota's word on the next job (cutting it to fit)."""
+        earlier = self._earlier_for(planned)
+        if earlier is not None:
+            self._cut(planned, earlier.end - earlier.start)
+            planned.spec = earlier
+            planned.reserved = self.quota.reserve(self.quota.estimate(
+                planned.size_keys, planned.seconds))
+            return "go"
+        estimate = self.quota.estimate(planned.size_keys, planned.seconds)
+        if estimate is None:
+            if self._learning():
+                return "wait"  # the probe, or re-used jobs of unknown size, come first
+            self._cut(planned, PROBE)
+            planned.reserved = self.quota.reserve(None)
+            return "go"
+        if not self.quota.fits(estimate):
+            if self.quota.running:
+                return "wait"  # jobs in flight settle at their real size: room may grow
+            fits = self.quota.seconds_that_fit(planned.size_keys)
+            hours = math.floor(fits / SMALLEST_CUT.total_seconds())
+            if hours < 1:
+                return "refuse"
+            self._cut(planned, hours * SMALLEST_CUT)
+            logger.info("Export %s: cut to fit the %s left under max_export_mb_per_day.",
+                        planned.spec.label, mb(self.quota.room()))
+            estimate = self.quota.estimate(planned.size_keys, planned.seconds)
+        planned.reserved = self.quota.reserve(estimate)
+        return "go"
+
+    def _learning(self) -> bool:
+        """A job started is not read yet: its file will teach the quota a size."""
+        return any(not p.emitted and not (p.future.done() and p.future.exception())
+                   for p in self.jobs[:self._next])
+
+    def _cut(self, planned: PlannedJob, width: dt.timedelta) -> None:
+        """Shorten a window from the edge it grows from; the rest becomes the next job."""
+        spec = planned.spec
+        if spec.end - spec.start <= width:
+            return
+        if planned.direction == FORWARD:
+            kept, rest = replace(spec, end=spec.start + width), replace(spec, start=spec.start
+                                                                           + width)
+        else:
+            kept, rest = replace(spec, start=spec.end - width), replace(spec, end=spec.end
+                                                                         - width)
+        planned.spec = kept
+        index = self.jobs.index(planned)
+        self.jobs.insert(index + 1, PlannedJob(rest, planned.streams, planned.direction,
+                                               planned.needed_types))
+
+    def _earlier_for(self, planned: PlannedJob) -> JobSpec | None:
+        """An earlier run's job that serves this window (crash recovery), taken once."""
+        for export in self.earlier:
+            spec = spec_of_export(export, planned.spec)
+            if spec is not None and covers(spec, planned):
+                self.earlier.remove(export)
+                planned.job = self._new_job(spec, str(export["exportId"]))
+                return spec
+        return None
+
+    def _refuse_rest(self, reason: Exception) -> None:
+        for planned in self.jobs[self._next:]:
+            if not planned.future.done():
+                planned.future.set_exception(reason)
+        self._next = len(self.jobs)
+
+    def _new_job(self, spec: JobSpec, export_id: str | None = None) -> ExportJob:
+        return ExportJob(self.client, spec, self.workdir, self.timings, self.stop,
+                         export_id, self.board, on_created=self._persist)
+
+    def _persist(self, export_id: str) -> None:
+        """Before a new job is enqueued (and can spend quota), the state must name it: a
+        run killed now re-uses it instead of paying for the same export again."""
+        with self._cond:
+            self._state_asked += 1
+            version = self._state_asked
+            while self._state_written < version and not self.stop.is_set():
+                self._cond.wait(WAIT_TICK_SECONDS)
+        if self.stop.is_set():
+            raise Stopped(export_id)
 
     def _run(self, planned: PlannedJob) -> CompletedExport:
-        if self.stop.is_set():
-            raise Stopped(planned.spec.label)
-        if self.refusal is not None:
-            raise self.refusal  # no new job today; earlier windows still finish
-        try:
-            reserved = self.quota.reserve(planned.spec)
-        except QuotaExhausted as exc:
-            self.refusal = exc
-            raise
-        earlier = self.earlier.pop(export_key(planned.spec.key()), None)
-        job = ExportJob(self.client, planned.spec, self.workdir, self.timings, self.stop,
-                        earlier and str(earlier["exportId"]), self.board)
+        job = planned.job or self._new_job(planned.spec)
         planned.job = job
         size = None
+        enqueued_at = time.monotonic()
         try:
             done = job.run()
-            size = done.file_size
-            logger.info("Export %s: %.2f MB of bulk export quota used today by this API user.",
-                        planned.spec.label, (self.quota.used_bytes + size) / 1024 / 1024)
+            size = 0 if job.completed_before else done.file_size
+            with self._cond:
+                self._finished_seconds.append(time.monotonic() - enqueued_at)
+            logger.info("Export %s: %s of bulk export quota used today by this API user.",
+                        planned.spec.label, mb(self.quota.used_bytes + size))
             if self.raw_files_dir:
                 kept = keep_raw_file(done, planned.spec, self.raw_files_dir)
                 logger.info("Export %s: raw file kept as %s", planned.spec.label, kept)
             return done
         except QuotaExhausted as exc:
-            self.refusal = exc  # jobs already under way still finish
+            with self._cond:
+                self.refusal = self.refusal or exc  # jobs already under way still finish
             raise
         except Stopped:
             raise
@@ -222,24 +442,94 @@ class ExportScheduler:
             self.stop.set()  # no point spending quota on windows after a gap
             raise
         finally:
-            self.quota.settle(planned.spec, reserved, size)
+            with self._cond:
+                self.quota.settle(planned.reserved, size)
+                planned.reserved = 0.0
+                self._cond.notify_all()
+
+    # -- the heartbeat ----------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        while not self.stop.wait(self.heartbeat_seconds):
+            line = self.heartbeat_line()
+            if line:
+                logger.info("%s", line)
+
+    def heartbeat_line(self) -> str | None:
+        """What the jobs in Marketo are doing, or None when none is."""
+        with self._cond:
+            jobs = list(self.jobs)
+            finished = list(self._finished_seconds)
+        now = time.monotonic()
+        busy = [(k, p.job) for k, p in enumerate(jobs, 1)
+                if p.job is not None and not p.future.done()
+                and (p.job.status in RUNNING_STATUSES or p.job.received)]
+        if not busy:
+            return None
+        parts = []
+        for number, job in busy:
+            what = f"{job.status} for {_duration(now - job.status_since)}"
+            if job.received:
+                what = f"downloading, {mb(job.received)} so far"
+            parts.append(f"job {number} of {len(jobs)} ({job.spec.label}) {what}")
+        line = "Waiting on Marketo: " + "; ".join(parts) + "."
+        left = sum(1 for p in jobs if not p.future.done())
+        if finished:
+            average = sum(finished) / len(finished)
+            slots = min(2, self.max_in_queue)  # Marketo processes two jobs at a time
+            line += (f" {len(finished)} job{'s' if len(finished) != 1 else ''} done in "
+                     f"{_duration(average)} on average: about "
+                     f"{_duration(average * left / slots)} left.")
+        return line
+
+    # -- the end ------------------------------------------------------------------------
+
+    def close(self, wait_seconds: float = 3.0) -> None:
+        """Stop starting jobs and cancel ours still in Marketo's queue, within seconds: the
+        workers cancel their own; what is left is cancelled side by side, once each."""
+        self.stop.set()
+        self.client.stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+            self._refuse_rest(Stopped("the sync is stopping"))
+        running = [p.future for p in self.jobs if p.job and not p.future.done()]
+        wait(running, timeout=wait_seconds)
+        cancels: list[Callable[[], Any]] = [job.cancel_if_running for job in self.in_flight()]
+        cancels += [lambda e=e: cancel_export(self.client, str(e["exportId"]), once=True)
+                    for e in self.earlier]
+        self.earlier = []
+        if cancels:
+            threads = [threading.Thread(target=cancel, daemon=True) for cancel in cancels]
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 5.0
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def exports_to_keep(self) -> list[dict]:
-        """Our jobs in Marketo whose file some stream still needs, to re-attach to after a
-        crash instead of paying for the same export again."""
-        # An earlier run's job no job of this run has matched yet may still match one
-        # (crash again before then: keep it); once every job has started, none will.
-        keep = list(self.earlier.values()) if not self._all_started() else []
-        for planned in self.jobs:
-            job = planned.job
-            if job and job.export_id and planned.consumers_left and \
-                    job.status in ("Created", "Queued", "Processing", "Completed"):
-                keep.append({"exportId": job.export_id, **planned.spec.key()})
-        return keep
+        """Our jobs in Marketo whose file is still needed, to re-use after a crash instead
+        of paying for the same export again, and earlier ones not matched yet."""
+        with self._cond:
+            keep = [dict(e) for e in self.earlier]
+            for planned in self.jobs:
+                job = planned.job
+                if job and job.export_id and not planned.emitted and \
+                        job.status in (*RUNNING_STATUSES, "Completed", "New"):
+                    keep.append({"exportId": job.export_id, **job.spec.key()})
+            return keep
 
-    def _all_started(self) -> bool:
-        return all(p.job is not None for p in self.jobs)
+    def in_flight(self) -> list[ExportJob]:
+        return [p.job for p in self.jobs if p.job and p.job.status in RUNNING_STATUSES]
 
-    def in_flight(self) -> Iterable[ExportJob]:
-        return [p.job for p in self.jobs if p.job and p.job.status in
-                ("Created", "Queued", "Processing")]
+    def completed(self) -> int:
+        return sum(1 for p in self.jobs if p.emitted)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"

@@ -18,6 +18,7 @@ from singer_sdk import typing as th
 
 MAX_WINDOW_DAYS = 31  # Marketo refuses a createdAt range over 31 days
 EXPORT_FORMATS = ("CSV", "TSV", "SSV")
+BACKFILL_ORDERS = ("oldest_first", "newest_first")
 
 # Numbers may come as text: the SDK passes environment variables of number settings as is.
 NUMBER = th.CustomType({"type": ["number", "string"]})
@@ -83,6 +84,14 @@ CONFIG_SCHEMA = th.PropertiesList(
                     "{\"ids\": [1001]}}. Types 2 (form), 13 and 22 (lead field), 24 and 25 "
                     "(static list) and 104 (program); at most 50 ids or values, not both.",
     ),
+    th.Property("backfill_order", th.StringType, default="oldest_first",
+                allowed_values=BACKFILL_ORDERS, title="Backfill order",
+                description="oldest_first: windows from start_date on. newest_first: the "
+                            "newest windows first, then backward to start_date; every later "
+                            "run first brings what is new, then goes on backward."),
+    th.Property("heartbeat_seconds", NUMBER, default=60, title="Heartbeat",
+                description="While export jobs are queued or processing, an INFO line this "
+                            "often says what each is doing and the time left."),
     th.Property("raw_files_dir", th.StringType, title="Raw files folder",
                 description="Keep every export file here as Marketo sent it (checksum "
                             "verified), with a JSON sidecar describing its job."),
@@ -134,6 +143,8 @@ class Settings:
     max_retry_seconds: float
     max_job_attempts: int
     export_format: str = "CSV"
+    backfill_order: str = "oldest_first"
+    heartbeat_seconds: float = 60.0
     primary_filters: Mapping[int, PrimaryFilter] = field(default_factory=dict)
     raw_files_dir: Path | None = None
     column_header_names: Mapping[str, str] = field(default_factory=dict)
@@ -230,6 +241,8 @@ def parse_settings(config: Mapping[str, Any], now: dt.datetime | None = None) ->
         max_retry_seconds=_number(config, "max_retry_seconds", 0, 86400, 300),
         max_job_attempts=int(_number(config, "max_job_attempts", 1, 10, 3)),
         export_format=_export_format(config.get("export_format")),
+        backfill_order=_backfill_order(config.get("backfill_order")),
+        heartbeat_seconds=_number(config, "heartbeat_seconds", 1, 3600, 60),
         primary_filters=parse_primary_filters(config.get("primary_attribute_filters")),
         raw_files_dir=Path(config["raw_files_dir"]) if config.get("raw_files_dir") else None,
         column_header_names=_header_names(config.get("raw_files_column_header_names")),
@@ -240,6 +253,14 @@ def _export_format(value: Any) -> str:
     text = str(value or "CSV").upper()
     if text not in EXPORT_FORMATS:
         raise SettingsError(f"export_format is {value!r}; it accepts CSV, TSV or SSV.")
+    return text
+
+
+def _backfill_order(value: Any) -> str:
+    text = str(value or BACKFILL_ORDERS[0]).lower()
+    if text not in BACKFILL_ORDERS:
+        raise SettingsError(f"backfill_order is {value!r}; it accepts "
+                            f"{' or '.join(BACKFILL_ORDERS)}.")
     return text
 
 

@@ -10,12 +10,13 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from functools import cached_property
 from types import FrameType
 from typing import Any, ClassVar
 
-from singer_sdk import Tap
+from singer_sdk import Stream, Tap
 from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.exceptions import ConfigValidationError
 from singer_sdk.helpers.capabilities import (
@@ -26,7 +27,6 @@ from singer_sdk.helpers.capabilities import (
 from singer_sdk.singerlib import Message, RecordMessage
 
 from tap_marketo_activities.client import FatalError, MarketoClient, MarketoError, Pacer
-from tap_marketo_activities.scheduler import PlannedJob
 from tap_marketo_activities.schema import (
     DELETE_LEAD_TYPE_ID,
     activity_schema,
@@ -34,12 +34,12 @@ from tap_marketo_activities.schema import (
     type_id_of,
 )
 from tap_marketo_activities.settings import CONFIG_SCHEMA, Settings, SettingsError, parse_settings
-from tap_marketo_activities.streams import ActivityStream, DeletedLeadStream, SharedExports
+from tap_marketo_activities.streams import ActivityStream, DeletedLeadStream
+from tap_marketo_activities.sync import EXPORTS_STATE_KEY, SIZES_STATE_KEY, OnePass, drain
 
 logger = logging.getLogger(__name__)
 
 TYPES_PATH = "/rest/v1/activities/types.json"
-EXPORTS_STATE_KEY = "marketo_exports"  # our jobs still in Marketo, to re-attach after a crash
 
 
 class Terminated(BaseException):
@@ -94,9 +94,9 @@ class TapMarketoActivities(Tap):
     ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._exports: SharedExports | None = None
-        self._dry_run = False
-        self._wait_started: dict[int, float] = {}
+        self._pass: OnePass | None = None
+        self.dry_run = False  # no state written: --test, or the SDK's dry-run tests
+        self.last_day_only = False  # --test: one day of exports proves the connection
         super().__init__(*args, **kwargs)
 
     # -- settings -----------------------------------------------------------------------
@@ -159,81 +159,65 @@ class TapMarketoActivities(Tap):
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
-        if state.get(EXPORTS_STATE_KEY):  # the SDK keeps only `bookmarks`
-            self.state[EXPORTS_STATE_KEY] = state[EXPORTS_STATE_KEY]
+        for key in (EXPORTS_STATE_KEY, SIZES_STATE_KEY):  # the SDK keeps only `bookmarks`
+            if state.get(key):
+                self.state[key] = state[key]
 
-    @property
-    def exports(self) -> SharedExports:
-        """The sync's export jobs, planned when the first stream asks for records."""
-        if self._exports is None:
-            selected = [s for s in self.streams.values()
-                        if isinstance(s, ActivityStream) and s.bulk and s.wanted]
-            earlier = self.state.get(EXPORTS_STATE_KEY) or []
-            settings = self.settings
-            if self._dry_run:
-                last_day = settings.end - dt.timedelta(days=1)
-                settings = replace(settings, start=max(settings.start, last_day))
-            self._exports = SharedExports.begin(self.client, settings, selected, earlier)
-            self._exports.on_wait = self._while_waiting
-        return self._exports
-
-    def note_exports_in_state(self) -> bool:
-        """Put our jobs still needed into the state; True when that changed it."""
-        if self._exports is None:
-            return False  # not started yet: what an earlier run left stays
-        keep = self._exports.scheduler.exports_to_keep()
-        if self.state.get(EXPORTS_STATE_KEY, []) == keep:
-            return False
-        if keep:
-            self.state[EXPORTS_STATE_KEY] = keep
-        else:
-            self.state.pop(EXPORTS_STATE_KEY, None)
-        return True
-
-    def _while_waiting(self, planned: PlannedJob) -> None:
-        if self.note_exports_in_state():
-            self.state_writer.write_state(self.state)
-        if sys.stderr.isatty():  # a person is watching: none on a pipe or in Meltano's log
-            job = planned.job
-            status = job.status if job else "waiting for a queue slot"
-            if job and job.received:
-                status = f"downloading, {job.received / 1e6:.1f} MB"
-            waited = time.monotonic() - self._wait_started.setdefault(id(planned), time.monotonic())
-            sys.stderr.write(f"\r\033[K  {planned.spec.label}: {status} ({waited:.0f} s)\r")
-            sys.stderr.flush()
+    @cached_property
+    def effective_settings(self) -> Settings:
+        """The settings this sync runs with: `--test` exports the last day only, so that a
+        connection test costs little export quota."""
+        settings = self.settings
+        if self.last_day_only:
+            last_day = settings.end - dt.timedelta(days=1)
+            settings = replace(settings, start=max(settings.start, last_day))
+        return settings
 
     def sync_all(self) -> None:
+        """Deleted leads (REST), then one pass over the export files for every bulk stream."""
         started = time.monotonic()
+        if self.state:
+            self.state_writer.write_state(self.state)
+        streams = [s for s in self.streams.values() if isinstance(s, ActivityStream)]
+        for stream in streams:
+            if not stream.bulk and stream.selected:
+                drain(stream)
+        self._pass = OnePass(self, streams)
         try:
-            super().sync_all()
+            self._pass.run()
         finally:
-            self._stop_exports()
-        self._log_summary(time.monotonic() - started)
-        if self._exports is not None and self._exports.stop_reason is not None:
-            raise self._exports.stop_reason
+            self._pass.close()
+        self._log_summary(streams, time.monotonic() - started)
+        for stream in streams:
+            stream.log_sync_costs()
+        self._raise_stop_reason()
 
     def run_connection_test(self) -> bool:
-        # One day of exports proves the connection; a backfill would spend quota on it.
-        self._dry_run = True
-        try:
-            return super().run_connection_test()
-        finally:
-            self._stop_exports()
+        """`--test`: one record of every stream, from the last day's export only."""
+        self.last_day_only = True
+        return self.run_sync_dry_run(dry_run_record_limit=1)
 
-    def _stop_exports(self) -> None:
-        """State first (it is what matters if we are killed next), then our jobs in
-        Marketo are cancelled, then the state again without them."""
-        if self._exports is not None:
-            try:
-                self._write_state_if_possible()
-            finally:
-                self._exports.close()
-            self.note_exports_in_state()
-            self._write_state_if_possible()
-        if sys.stderr.isatty():
-            sys.stderr.write("\033[K")
+    def run_sync_dry_run(self, dry_run_record_limit: int | None = 1,
+                         streams: Iterable[Stream] | None = None) -> bool:
+        """The SDK syncs a dry run stream after stream; here it is one pass like any sync,
+        with the record limit per stream, and no state that a real run would start from."""
+        self.dry_run = True
+        for stream in streams or self.streams.values():
+            stream.ABORT_AT_RECORD_COUNT = dry_run_record_limit
+            stream.selected = True
+        self.sync_all()
+        return True
 
-    def _write_state_if_possible(self) -> None:
+    def _raise_stop_reason(self) -> None:
+        reason = self._pass.stop_reason if self._pass else None
+        if reason is None:
+            return
+        if self._pass is not None and self._pass.quota_day_over():
+            logger.warning("%s", self._pass.stop_line())
+            return  # a planned multi-day backfill: not a failure for the scheduler
+        raise reason
+
+    def write_state_if_possible(self) -> None:
         try:
             self.state_writer.write_state(self.state)
         except OSError as exc:  # the target is gone (broken pipe): nothing to tell it
@@ -250,21 +234,20 @@ class TapMarketoActivities(Tap):
             return
         raise Terminated(signum)
 
-    def _log_summary(self, elapsed: float) -> None:
-        if self._exports is None:
+    def _log_summary(self, streams: list[ActivityStream], elapsed: float) -> None:
+        rows = [(s.name, s.records_written, s.windows_done) for s in streams if s.selected]
+        if not rows:
             return
-        rows = [(s.name, s.records_written, s.windows_done) for s in self.streams.values()
-                if isinstance(s, ActivityStream) and s.selected]
         width = max([len(r[0]) for r in rows] + [6])
         lines = [f"{'stream':<{width}} {'records':>9} {'windows':>8}"]
         lines += [f"{name:<{width}} {records:>9} {windows:>8}" for name, records, windows in rows]
-        quota = self._exports.scheduler.quota
-        lines.append(
-            f"{len(self._exports.scheduler.jobs)} export jobs, "
-            f"{self._exports.bytes_downloaded / 1e6:.1f} MB downloaded, "
-            f"{quota.used_bytes / 1024 / 1024:.1f} MB of export quota used today, "
-            f"{self.client.calls} API calls, {elapsed:.1f} s."
-        )
+        jobs, downloaded, used = self._pass.summary_rows() if self._pass else (0, 0.0, 0.0)
+        lines.append(f"{jobs} export job{'s' if jobs != 1 else ''}, {downloaded:.2f} MB "
+                     f"downloaded, {used:.2f} MB of export quota used today, "
+                     f"{self.client.calls} API calls, {elapsed:.1f} s.")
+        plan = self._pass.plan_line() if self._pass else None
+        if plan:
+            lines.append(plan)
         logger.info("Sync summary:\n%s", "\n".join(lines))
 
 

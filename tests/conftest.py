@@ -148,6 +148,18 @@ def assert_clean_stop(run: TapRun, box: Sandbox, words: str) -> None:
     assert_nothing_left_running(box)
 
 
+def assert_quota_day_stop(run: TapRun, box: Sandbox, words: str) -> None:
+    """Stopped by a day's export quota after delivering some windows: exit 0 for the
+    scheduler, one WARNING that says why, what is left and when the quota resets."""
+    assert run.returncode == 0, run.stderr[-3000:]
+    warnings = [line for line in run.stderr.splitlines() if "| WARNING" in line
+                and words in line and "resets at" in line and "left to export" in line]
+    assert len(warnings) == 1, run.stderr[-3000:]
+    assert [line for line in run.stderr.splitlines() if "| ERROR" in line] == []
+    assert "Traceback" not in run.stderr
+    assert_nothing_left_running(box)
+
+
 def finish_after(first: TapRun, box: Sandbox, tmp_path: Path, **config: Any) -> None:
     """The run after a clean stop delivers the rest: nothing lost."""
     box.clear_faults()

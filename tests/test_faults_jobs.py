@@ -11,6 +11,7 @@ from conftest import (
     START,
     assert_clean_stop,
     assert_complete,
+    assert_quota_day_stop,
     config_for,
     finish_after,
     run_tap,
@@ -71,7 +72,7 @@ def test_marketo_export_quota_stops_cleanly_and_the_next_run_finishes(tmp_path: 
     with Sandbox(job_latency=0.2, data_start=START, data_end=END) as box:
         box.set_faults(export_quota_bytes=500_000)
         first = run_tap(tmp_path, config_for(box, window_days=7, max_jobs_in_queue=1))
-        assert_clean_stop(first, box, "export quota")
+        assert_quota_day_stop(first, box, "export quota")
         box.set_faults(export_quota_bytes=500 * 1024 * 1024)
         finish_after(first, box, tmp_path, window_days=7)
 
@@ -84,7 +85,7 @@ def test_the_tap_never_passes_its_own_daily_export_cap(tmp_path: Path) -> None:
         cap = used * 1.95  # over half used: the first job runs alone to learn its size
         config = config_for(box, window_days=3, max_export_mb_per_day=cap / 1024 / 1024)
         run = run_tap(tmp_path / "capped", config, state=warm_up.last_state)
-        assert_clean_stop(run, box, "max_export_mb_per_day")
+        assert_quota_day_stop(run, box, "max_export_mb_per_day")
         assert box.stats()["export_bytes_today"] <= cap
         assert len(box.stats()["jobs"]) >= 3  # it did use what room there was
         assert run.last_state["bookmarks"]["activities_visit_webpage"][

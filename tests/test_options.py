@@ -112,7 +112,7 @@ def test_raw_files_are_kept_as_marketo_sent_them(fresh_sandbox: Sandbox, tmp_pat
     run = run_tap(tmp_path, config)
     assert run.returncode == 0, run.stderr[-2000:]
     sidecars = sorted(raw.glob("*.json"))
-    assert len(sidecars) == len(fresh_sandbox.stats()["jobs"]) == 3
+    assert len(sidecars) == len(fresh_sandbox.stats()["jobs"]) == 3 + 1  # and the probe
     for sidecar in sidecars:
         meta = json.loads(sidecar.read_text())
         data = (raw / meta["file"]).read_bytes()

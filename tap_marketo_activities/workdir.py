@@ -1,0 +1,73 @@
+"""The run's temporary folder for export files, and the sweep of those killed runs left.
+
+Each run holds an exclusive lock on a file inside its folder for as long as it lives; the
+kernel drops the lock when the process dies, however it dies. A folder whose lock can be
+taken belongs to no live run and is removed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "tap-marketo-activities-"
+LOCK_NAME = ".lock"
+UNLOCKED_GRACE_SECONDS = 600  # a folder without a lock file may be a run just starting
+LOCKING_GRACE_SECONDS = 1.0  # a new run locks its folder a moment after creating it
+
+
+class RunFolder:
+    """A temp folder owned by this process until `close()`."""
+
+    def __init__(self) -> None:
+        removed = sweep_stale(Path(tempfile.gettempdir()))
+        if removed:
+            logger.info("Removed %d temp folder%s left by earlier killed runs.", removed,
+                        "s" if removed != 1 else "")
+        self.path = Path(tempfile.mkdtemp(prefix=PREFIX))
+        self._lock: IO[bytes] | None = (self.path / LOCK_NAME).open("wb")
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def sweep_stale(parent: Path) -> int:
+    """Remove this tap's temp folders that no live run holds; their count."""
+    removed = 0
+    for folder in parent.glob(f"{PREFIX}*"):
+        if folder.is_dir() and _abandoned(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _abandoned(folder: Path) -> bool:
+    lock = folder / LOCK_NAME
+    try:
+        age = time.time() - folder.stat().st_mtime
+    except OSError:
+        return False
+    if not lock.exists():
+        return age > UNLOCKED_GRACE_SECONDS
+    if age < LOCKING_GRACE_SECONDS:
+        return False
+    try:
+        with lock.open("rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # a live run holds it
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
