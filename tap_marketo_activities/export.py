@@ -26,6 +26,7 @@ from tap_marketo_activities.client import (
     MarketoClient,
     QueueFull,
     Stopped,
+    excerpt,
 )
 from tap_marketo_activities.settings import PrimaryFilter, isoformat
 
@@ -41,6 +42,24 @@ FILE_NOT_READY_TRIES = 4  # Marketo has said Completed a moment before the file 
 DOWNLOAD_RESUMES = 20
 CHECKSUM_ATTEMPTS = 3
 CHUNK_BYTES = 1 << 20
+STATUSES = ("Created", "Queued", "Processing", "Completed", "Failed", "Cancelled")
+FINAL_STATUSES = ("Completed", "Failed", "Cancelled")
+
+
+def job_problem(job: dict[str, Any]) -> str | None:
+    """What makes an answer about a job odd (see MarketoClient.result), if anything."""
+    if not job.get("exportId"):
+        return "a job without exportId"
+    if job.get("status") not in STATUSES:
+        return "an unknown job status"
+    return None
+
+
+def listing_problem(result: Any) -> str | None:
+    jobs = result or []
+    if not all(isinstance(job, dict) and not job_problem(job) for job in jobs):
+        return "a job list with an odd job in it"
+    return None
 
 
 class JobFailed(FatalError):
@@ -104,7 +123,7 @@ class JobTimings:
 class CompletedExport:
     export_id: str
     path: Path
-    records: int
+    records: int | None  # Marketo's numberOfRecords; None when it did not say
     file_size: int
     checksum: str = ""
     story: list[str] = field(default_factory=list)
@@ -143,7 +162,7 @@ class StatusBoard:
         params: dict[str, Any] = {"status": self.IN_FLIGHT, "batchSize": 300}
         try:
             while True:
-                envelope = self.client.get(f"{EXPORT_PATH}.json", params)
+                envelope = self.client.get(f"{EXPORT_PATH}.json", params, listing_problem)
                 jobs.update({str(j.get("exportId")): j for j in envelope.get("result") or []})
                 token = envelope.get("nextPageToken")
                 if not token or not envelope.get("result"):
@@ -216,7 +235,8 @@ class ExportJob:
 
     def _create(self) -> str:
         self._check_stop()
-        job = self.client.result("POST", f"{EXPORT_PATH}/create.json", self.spec.body())
+        job = self.client.result("POST", f"{EXPORT_PATH}/create.json", self.spec.body(),
+                                 check=job_problem)
         export_id = str(job["exportId"])
         self.status = "Created"
         self._status_known_at = time.monotonic()
@@ -229,14 +249,19 @@ class ExportJob:
             status = {"exportId": export_id, "status": "Created"}
         else:
             status = self._poll(export_id)
-        if status.get("status") == "Created":
-            self._enqueue(export_id)
-            status = {"exportId": export_id, "status": "Queued"}
         deadline = time.monotonic() + self.timings.job_timeout
         wait = min(FIRST_POLL_SECONDS, self.timings.poll_interval)
+        enqueued = False
         while True:
             state = status.get("status", "")
-            if state in ("Completed", "Failed", "Cancelled"):
+            if state == "Created":  # new, or an enqueue that did not take: enqueue (again)
+                if enqueued:
+                    self._note("still Created after its enqueue: enqueuing it again")
+                self._enqueue(export_id)
+                enqueued = True
+                status = {"exportId": export_id, "status": "Queued"}
+                continue
+            if state in FINAL_STATUSES:
                 if state != "Completed":
                     self._note(f"{state}: {status.get('errorMsg', 'no reason given')}")
                 return state, status
@@ -274,7 +299,8 @@ class ExportJob:
         if listed is not None:
             status = listed
         else:
-            status = self.client.result("GET", f"{EXPORT_PATH}/{export_id}/status.json")
+            status = self.client.result("GET", f"{EXPORT_PATH}/{export_id}/status.json",
+                                        check=job_problem)
         state = status.get("status", "")
         if state != self.status:
             self.status = state
@@ -296,25 +322,39 @@ class ExportJob:
     # -- download -----------------------------------------------------------------------
 
     def _download(self, export_id: str, status: dict[str, Any]) -> CompletedExport:
+        """The file, accepted only when verifiably whole: its sha256 is Marketo's
+        fileChecksum, or else its size is fileSize; with neither, the HTTP lengths checked
+        by `_fetch` and the row count checked when the file is read are what is left."""
         path = self.workdir / f"{export_id}.{self.spec.export_format.lower()}"
-        expected = str(status.get("fileChecksum", "")).removeprefix("sha256:").lower()
-        size = status.get("fileSize")
+        expected = str(status.get("fileChecksum") or "").removeprefix("sha256:").lower()
+        size = _count(status.get("fileSize"))
+        records = _count(status.get("numberOfRecords"))
+        if not expected and size is None:
+            self._note("status has no fileChecksum or fileSize: checking the HTTP length, "
+                       "then the rows against numberOfRecords"
+                       + ("" if records is not None else " (absent too: unverifiable)"))
         for attempt in range(1, CHECKSUM_ATTEMPTS + 1):
             digest = self._fetch(export_id, path, size)
-            if not expected or digest == expected:
-                self._note(f"downloaded {path.stat().st_size} bytes, "
-                           f"{status.get('numberOfRecords', '?')} records")
-                return CompletedExport(export_id, path, int(status.get("numberOfRecords", 0)),
-                                       path.stat().st_size, digest, self.story)
-            logger.warning("Export %s: sha256 of the file does not match Marketo's "
-                           "fileChecksum (attempt %d of %d): downloading it again.",
-                           export_id, attempt, CHECKSUM_ATTEMPTS)
+            got = path.stat().st_size
+            if expected and digest != expected:
+                wrong = "sha256 of the file does not match Marketo's fileChecksum"
+            elif not expected and size is not None and got != size:
+                wrong = f"the file has {got} bytes where Marketo's fileSize says {size}"
+            else:
+                self._note(f"downloaded {got} bytes, {records if records is not None else '?'}"
+                           " records")
+                return CompletedExport(export_id, path, records, got, digest, self.story)
+            logger.warning("Export %s: %s (attempt %d of %d): downloading it again.",
+                           export_id, wrong, attempt, CHECKSUM_ATTEMPTS)
         path.unlink(missing_ok=True)
-        raise FatalError(f"Export {export_id} ({self.spec.label}): the file never matched its "
-                         f"checksum in {CHECKSUM_ATTEMPTS} downloads. Run again later.")
+        raise FatalError(f"Export {export_id} ({self.spec.label}): the file was never whole "
+                         f"({wrong}) in {CHECKSUM_ATTEMPTS} downloads. Nothing from this "
+                         "window was bookmarked; run again later.")
 
     def _fetch(self, export_id: str, path: Path, size: int | None) -> str:
-        """Download to `path`, resuming with Range after a break. Returns the sha256."""
+        """Download to `path`, resuming with Range after a break: a body that ends before
+        its Content-Length (or Content-Range total, or fileSize) is a break. Returns the
+        sha256."""
         hasher = hashlib.sha256()
         received = 0
         breaks = 0
@@ -329,6 +369,7 @@ class ExportJob:
                         out.seek(0)
                         out.truncate()
                         hasher, received = hashlib.sha256(), 0
+                    promised = _promised_total(response, received)
                     with response:
                         for chunk in response.iter_content(CHUNK_BYTES):
                             self._check_stop()
@@ -336,9 +377,11 @@ class ExportJob:
                             hasher.update(chunk)
                             received += len(chunk)
                             self.received = received
-                    if size is None or received >= int(size):
+                    total = promised if promised is not None else size
+                    if total is None or received >= total:
                         return hasher.hexdigest()
-                    raise requests.ConnectionError(f"stream ended at byte {received}")
+                    raise requests.ConnectionError(f"stream ended at byte {received} of "
+                                                   f"{total}")
                 except FileNotReady:
                     not_ready += 1
                     if not_ready >= FILE_NOT_READY_TRIES:
@@ -348,8 +391,9 @@ class ExportJob:
                     breaks += 1
                     if breaks > DOWNLOAD_RESUMES:
                         raise FatalError(
-                            f"Export {export_id}: the download broke {breaks} times "
-                            f"({self.client.redact(str(exc))}). Run again later."
+                            f"Export {export_id} ({self.spec.label}): the download broke "
+                            f"{breaks} times ({excerpt(self.client.redact(str(exc)))}). "
+                            "Nothing from this window was bookmarked; run again later."
                         ) from None
                     logger.warning("Download of %s broke at byte %d of %s (%s): resuming.",
                                    export_id, received, size,
@@ -378,6 +422,27 @@ class ExportJob:
         return (f"Export job for {self.spec.label} {what}. Its story: "
                 f"{'; '.join(self.story[-8:])}. Nothing after the last finished window was "
                 "bookmarked; run again to retry.")
+
+
+def _count(value: Any) -> int | None:
+    """A count from a job status (numberOfRecords, fileSize); None when absent or odd."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value) if value is not None and int(value) >= 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _promised_total(response: requests.Response, first_byte: int) -> int | None:
+    """Where HTTP says the file ends: the Content-Range total, or Content-Length after
+    where this response starts. None when it says nothing (a close-delimited body)."""
+    content_range = response.headers.get("Content-Range", "")
+    if "/" in content_range and content_range.rsplit("/", 1)[1].strip().isdigit():
+        return int(content_range.rsplit("/", 1)[1])
+    length = response.headers.get("Content-Length", "")
+    start = first_byte if response.status_code == 206 else 0
+    return start + int(length) if length.strip().isdigit() else None
 
 
 def cancel_export(client: MarketoClient, export_id: str, *, once: bool) -> bool:

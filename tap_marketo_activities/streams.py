@@ -30,8 +30,10 @@ from tap_marketo_activities.export import JobTimings
 from tap_marketo_activities.quota import ExportQuota
 from tap_marketo_activities.records import (
     REST_COLUMNS,
+    FileRejected,
     Problems,
     RecordBuilder,
+    check_whole,
     read_records,
     rest_cells,
 )
@@ -139,7 +141,7 @@ class ActivityStream(Stream):
                         edge.add(record[KEY])
                     count += 1
                     yield record
-            except MarketoError as exc:
+            except (MarketoError, FileRejected) as exc:
                 # Windows already exported still reach every stream; the sync then ends
                 # with the first error, as one line (tap.sync_all).
                 if exports.stop_reason is None:
@@ -236,7 +238,7 @@ class SharedExports:
     scheduler: ExportScheduler
     workdir: Path
     on_wait: Callable[[PlannedJob], None] = lambda planned: None
-    stop_reason: MarketoError | None = None
+    stop_reason: MarketoError | FileRejected | None = None
     spools: dict[tuple[int, str], _Spool] = field(default_factory=dict)
     builders: dict[str, RecordBuilder] = field(default_factory=dict)
     bytes_downloaded: int = 0
@@ -295,7 +297,7 @@ class SharedExports:
         dump = marshal.dump
         try:
             rows = read_records(done.path, planned.spec.export_format, builders, problems,
-                                dict(planned.spec.header_names))
+                                dict(planned.spec.header_names), planned.spec.fields)
             for builder, record in rows:
                 if builder is own:
                     yield record
@@ -304,16 +306,14 @@ class SharedExports:
         finally:
             for writer in writers.values():
                 writer.close()
+        check_whole(problems, done.records)
         for name, spool in spools.items():
             spool.complete = True
             self.spools[(index, name)] = spool
         done.path.unlink(missing_ok=True)  # every row is now a record or in a spool
         if problems.counts:
-            logger.warning("Export %s had problems, every row kept: %s", done.export_id,
+            logger.warning("Export %s had problems: %s", done.export_id,
                            problems.summary())
-        if done.records and problems.rows != done.records:
-            logger.warning("Export %s: Marketo counted %d records, the file held %d rows.",
-                           done.export_id, done.records, problems.rows)
         self.bytes_downloaded += done.file_size
 
     def close(self) -> None:
