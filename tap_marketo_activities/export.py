@@ -28,6 +28,7 @@ from tap_marketo_activities.client import (
     Stopped,
     excerpt,
 )
+from tap_marketo_activities.records import FileRejected, check_file
 from tap_marketo_activities.settings import PrimaryFilter, isoformat
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,11 @@ class JobFailed(FatalError):
 
 class FileGone(FatalError):
     """The export's file is no longer served (retention passed): the window needs a new job."""
+
+
+class FileRefused(FatalError):
+    """The job's file is whole but not what was asked (records.FileRejected): the job is
+    dropped and created again, up to max_job_attempts."""
 
 
 @dataclass(frozen=True)
@@ -211,12 +217,21 @@ class ExportJob:
                 continue
             if outcome == "Completed":
                 try:
-                    return self._download(self.export_id, status)
+                    done = self._download(self.export_id, status)
+                    self._check_contents(done)
+                    return done
                 except FileGone:
                     failures += 1
                     if failures >= self.timings.max_attempts:
                         raise JobFailed(self._failure("never served its file")) from None
                     self._note("file gone (past Marketo's retention?): creating a new job")
+                    self.export_id = None
+                    continue
+                except FileRefused as refused:
+                    failures += 1
+                    if failures >= self.timings.max_attempts:
+                        raise
+                    logger.warning("%s: creating a new job.", refused)
                     self.export_id = None
                     continue
             if outcome == "Timeout":
@@ -350,6 +365,17 @@ class ExportJob:
         raise FatalError(f"Export {export_id} ({self.spec.label}): the file was never whole "
                          f"({wrong}) in {CHECKSUM_ATTEMPTS} downloads. Nothing from this "
                          "window was bookmarked; run again later.")
+
+    def _check_contents(self, done: CompletedExport) -> None:
+        spec = self.spec
+        try:
+            check_file(done.path, spec.export_format, spec.fields, dict(spec.header_names),
+                       f"export {done.export_id}")
+        except FileRejected as exc:
+            done.path.unlink(missing_ok=True)
+            self.status = "Rejected"  # not kept in the state: the next run asks anew
+            self._note("file refused")
+            raise FileRefused(f"{exc} ({spec.label})") from None
 
     def _fetch(self, export_id: str, path: Path, size: int | None) -> str:
         """Download to `path`, resuming with Range after a break: a body that ends before

@@ -71,8 +71,8 @@ class FileRejected(ValueError):
     window's records, and the window's bookmark must not move."""
 
     def __str__(self) -> str:
-        return (f"{super().__str__()}. Nothing from its window was bookmarked; the next run "
-                "downloads the file again.")
+        return (f"{super().__str__()}. Nothing from its window was bookmarked; run again to "
+                "retry it.")
 
 
 def _shown(text: str) -> str:
@@ -145,8 +145,9 @@ def caster(json_type: str, fmt: str | None) -> Callable[[Any], Any]:
 class Problems:
     """Counts what was wrong in a file; logs each kind's first few with the row number."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, quiet: bool = False) -> None:
         self.label = label
+        self.quiet = quiet  # count only: the file is read again, and reported, later
         self.counts: Counter[str] = Counter()
         self.cast_fields: set[tuple[str, str]] = set()
         self.rows = 0  # data rows read, to hold against the job's numberOfRecords
@@ -156,7 +157,7 @@ class Problems:
                limit: int = REPORTED_PER_KIND) -> None:
         """`kind` is one of the fixed strings above; what varies goes in `detail`."""
         self.counts[kind] += 1
-        if self.counts[kind] <= limit:
+        if self.counts[kind] <= limit and not self.quiet:
             suffix = f" ({detail})" if detail else ""
             logger.warning("%s, row %d: %s%s", self.label, row, kind, suffix)
 
@@ -219,6 +220,13 @@ def check_header(header: list[str], renamed: Mapping[str, str],
         raise FileRejected(f"{label}: the header lacks the requested column(s) "
                            f"{', '.join(missing)} (header: {shown!r})")
     return Columns.from_header(header, renamed)
+
+
+def check_file(path: Path, export_format: str, fields: Iterable[str],
+               renamed: Mapping[str, str], label: str) -> None:
+    """The checks `read_records` makes before its first record (header, cells of the first
+    rows), alone: cheap enough to run on every file as soon as it is downloaded."""
+    _checked_rows(path, export_format, Problems(label, quiet=True), renamed, fields)
 
 
 def check_whole(problems: Problems, expected_records: int | None) -> None:
@@ -407,6 +415,23 @@ def _restore_control_characters(cells: list[str], record: list[str], number: int
             for cell in cells]
 
 
+def _checked_rows(path: Path, export_format: str, problems: Problems,
+                  renamed: Mapping[str, str], fields: Iterable[str] | None
+                  ) -> tuple[Columns, Iterator[tuple[int, list[str]]]]:
+    """The header's columns and the data rows, once the header and the first rows have
+    been held against what was asked (FileRejected otherwise)."""
+    rows = read_rows(path, export_format, problems)
+    _, header = next(rows)
+    at = check_header(header, renamed, fields, problems.label)
+    probe = list(itertools.islice(rows, PROBE_ROWS))
+    if probe and problems.counts[WRONG_WIDTH] >= len(probe):
+        rows.close()
+        raise FileRejected(f"{problems.label}: none of the first {len(probe)} rows has the "
+                           f"{len(header)} cells of its header "
+                           f"({_shown(','.join(header))!r}), so columns cannot be told apart")
+    return at, itertools.chain(probe, rows)
+
+
 _UNASKED: Any = object()  # a type id with no entry in `builders`
 
 
@@ -425,16 +450,9 @@ def read_records(
     Raises FileRejected before the first record when the header is not what was asked
     for, or when none of the first rows has the header's number of cells. Call
     `check_whole` once the rows are read."""
-    rows = read_rows(path, export_format, problems)
-    _, header = next(rows)
-    at = check_header(header, renamed or {}, fields, problems.label)
-    probe = list(itertools.islice(rows, PROBE_ROWS))
-    if probe and problems.counts[WRONG_WIDTH] >= len(probe):
-        raise FileRejected(f"{problems.label}: none of the first {len(probe)} rows has the "
-                           f"{len(header)} cells of its header "
-                           f"({_shown(','.join(header))!r}), so columns cannot be told apart")
+    at, rows = _checked_rows(path, export_format, problems, renamed or {}, fields)
     get = builders.get
-    for number, cells in itertools.chain(probe, rows):
+    for number, cells in rows:
         type_cell = cells[at.type_id]
         builder = get(int(type_cell), _UNASKED) if type_cell.isdigit() else _UNASKED
         if builder is None:
