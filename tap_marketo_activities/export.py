@@ -375,7 +375,7 @@ class ExportJob:
             done.path.unlink(missing_ok=True)
             self.status = "Rejected"  # not kept in the state: the next run asks anew
             self._note("file refused")
-            raise FileRefused(f"{exc} ({spec.label})") from None
+            raise FileRefused(f"Export for {spec.label}: {exc}") from None
 
     def _fetch(self, export_id: str, path: Path, size: int | None) -> str:
         """Download to `path`, resuming with Range after a break: a body that ends before
