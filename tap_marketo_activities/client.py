@@ -9,20 +9,21 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
 
 import backoff
 import requests
+from urllib3.exceptions import NewConnectionError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-# urllib3 logs request lines at DEBUG, and the identity call's carries the client secret.
-logging.getLogger("urllib3").setLevel(logging.INFO)
+EXCERPT_CHARS = 100  # of an odd answer, in the one line that reports it
 
 TOKEN_MARGIN_SECONDS = 120  # refresh this long before Marketo says the token expires
 MARKETO_CALLS_PER_WINDOW = 100
@@ -83,6 +84,20 @@ class Stopped(MarketoError):
 
 class FileNotReady(MarketoError):
     """HTTP 404 on file.json: not ready yet, or gone after the retention period."""
+
+
+class OddAnswer(RetriableError):
+    """Marketo answered something that is not what the call returns (not the envelope, an
+    empty or null result, a list where an object belongs, an unknown status, a web page
+    instead of a file): Marketo's trouble, retried like any transient error."""
+
+
+def excerpt(text: str | bytes, limit: int = EXCERPT_CHARS) -> str:
+    """The start of what came back, on one line, for the person reading the log."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _raise_for_code(code: str, message: str) -> None:
@@ -187,6 +202,37 @@ class Redactor:
         return text
 
 
+SECRET_IN_QUERY = re.compile(r"((?:client_secret|access_token)=)[^&\s\"']*", re.IGNORECASE)
+
+
+class QuerySecretFilter(logging.Filter):
+    """Blanks client_secret and access_token in query strings of log records. urllib3
+    logs every request line at DEBUG, the identity call's with the secret, and a user's
+    logging config may turn that on: a filter on the logger itself applies whatever
+    handlers and levels that config sets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if SECRET_IN_QUERY.search(text):
+            record.msg, record.args = SECRET_IN_QUERY.sub(r"\1***", text), ()
+        return True
+
+
+URLLIB3_LOGGERS = ("urllib3", "urllib3.connectionpool", "urllib3.connection",
+                   "urllib3.poolmanager", "urllib3.response", "urllib3.util.retry")
+
+
+def guard_urllib3_logs() -> None:
+    """Logger filters do not apply to records of child loggers: each one gets its own."""
+    for name in URLLIB3_LOGGERS:
+        log = logging.getLogger(name)
+        if not any(isinstance(f, QuerySecretFilter) for f in log.filters):
+            log.addFilter(QuerySecretFilter())
+
+
+guard_urllib3_logs()
+
+
 def _log_retry(details: Mapping[str, Any]) -> None:
     error = details.get("exception")
     method, path = details["args"][:2]
@@ -219,6 +265,7 @@ class MarketoClient:
         self._token_lock = threading.Lock()
         self._local = threading.local()
         self.calls = 0
+        self.reached = False  # Marketo has answered once: a dead endpoint is ruled out
         self.stopping = threading.Event()  # set: give up retrying, the sync is ending
 
     @property
@@ -246,10 +293,14 @@ class MarketoClient:
         params = {"grant_type": "client_credentials", "client_id": self._client_id,
                   "client_secret": self._client_secret}
         try:
+            # The query carries the secret: a redirect must never take it elsewhere.
             response = self.session.get(f"{self.base_url}/identity/oauth/token", params=params,
-                                        timeout=self.timeout)
+                                        timeout=self.timeout, allow_redirects=False)
         except requests.RequestException as exc:
+            self._unreachable(exc)
             raise RetriableError(self.redact(f"Identity call failed: {exc}")) from None
+        self.reached = True
+        self._refuse_redirect(response, "The identity call")
         if response.status_code in (400, 401, 403):
             raise CredentialsRefused(
                 f"Marketo refused the credentials (HTTP {response.status_code} from "
@@ -262,35 +313,77 @@ class MarketoClient:
             body = response.json()
             token = body["access_token"]
             expires_in = float(body.get("expires_in", 3600))
-        except (ValueError, KeyError):
+            if not isinstance(token, str) or not token:
+                raise ValueError(token)
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise FatalError(
                 f"The identity endpoint at {self.base_url} did not answer like Marketo "
-                f"(HTTP {response.status_code}). Is base_url your REST endpoint?"
+                f"(HTTP {response.status_code}: {self.redact(excerpt(response.content))}). "
+                "Is base_url your REST endpoint?"
             ) from None
         self.redact.add(token)
         margin = min(TOKEN_MARGIN_SECONDS, expires_in / 4)
         self._token = token
         self._token_expires_at = time.monotonic() + max(0.0, expires_in - margin)
 
+    def _unreachable(self, exc: requests.RequestException) -> None:
+        """Before Marketo has ever answered, a refused connection, an unknown host or a TLS
+        failure is a wrong base_url (or network), not trouble worth minutes of retries."""
+        if self.reached:
+            return
+        reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+        if isinstance(exc, requests.exceptions.SSLError):
+            what = "the TLS handshake failed"
+        elif isinstance(reason, NewConnectionError):
+            cause = str(reason)
+            what = ("the host name is unknown" if "resolve" in cause.lower() or
+                    "name" in type(reason).__name__.lower() else "the connection was refused")
+        else:
+            return
+        raise FatalError(
+            f"Cannot reach base_url {self.base_url}: {what}. Check base_url (Admin > Web "
+            "Services > REST API endpoint), and this host's DNS, proxy and network."
+        ) from None
+
+    def _refuse_redirect(self, response: requests.Response, call: str) -> None:
+        if not response.is_redirect:
+            return
+        response.close()
+        host = urlsplit(response.headers.get("Location", "")).netloc or "another address"
+        raise FatalError(
+            f"{call} was redirected to {self.redact(excerpt(host))}; base_url must be the "
+            f"instance's own endpoint (Admin > Web Services), not {self.base_url}."
+        )
+
     # -- calls --------------------------------------------------------------------------
 
-    def get(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return self._send("GET", path, params=params)
+    def get(self, path: str, params: Mapping[str, Any] | None = None,
+            check: Callable[[Any], str | None] | None = None) -> dict[str, Any]:
+        """The envelope of a GET; `check(result)` names what is wrong with its result, if
+        anything (then the answer is odd, and retried)."""
+        return self._send("GET", path, params=params, check=check)
 
-    def result(self, method: str, path: str, body: Any = None, *,
-               once: bool = False) -> dict[str, Any]:
-        """The first item of `result`, which is how every export call answers. `once`: one
+    def result(self, method: str, path: str, body: Any = None, *, once: bool = False,
+               check: Callable[[dict[str, Any]], str | None] | None = None) -> dict[str, Any]:
+        """The first item of `result`, which is how every export call answers: an object,
+        or the answer is odd. `check(item)` names what else is wrong with it. `once`: one
         short attempt, no retries (a cancel on the way out)."""
+        def first_item(result: Any) -> str | None:
+            if not isinstance(result, list) or not result:
+                return "no result"
+            if not isinstance(result[0], dict):
+                return "a result that is not an object"
+            return check(result[0]) if check else None
         if once:
-            envelope = self._send_once(method, path, None, body, QUICK_TIMEOUT)
+            envelope = self._send_once(method, path, None, body, first_item, QUICK_TIMEOUT)
         else:
-            envelope = self._send(method, path, body=body)
-        items = envelope.get("result") or [{}]
-        return items[0]
+            envelope = self._send(method, path, body=body, check=first_item)
+        return envelope["result"][0]
 
     def _send(self, method: str, path: str, params: Mapping[str, Any] | None = None,
-              body: Any = None) -> dict[str, Any]:
-        return self._with_retries(self._send_once, method, path, params, body)
+              body: Any = None, check: Callable[[Any], str | None] | None = None
+              ) -> dict[str, Any]:
+        return self._with_retries(self._send_once, method, path, params, body, check)
 
     def _with_retries(self, call: Callable[..., T], method: str, path: str, *args: Any) -> T:
         """The one retry policy: exponential backoff with full jitter, capped per wait and
@@ -304,9 +397,18 @@ class MarketoClient:
             jitter=backoff.full_jitter,
             on_backoff=_log_retry,
             giveup=lambda _: self.stopping.is_set(),
+            logger=None,  # our own lines: _log_retry, and the one failure below
         )(call)
         try:
             return retrying(method, path, *args)
+        except OddAnswer as exc:
+            if self.stopping.is_set():
+                raise Stopped(f"{method} {path}: not retried, the sync is stopping") from None
+            raise FatalError(
+                f"{exc} (still so after {self.max_retry_seconds:.0f} s of retries). Marketo "
+                "is answering oddly: run again later; if it persists, report it to Marketo "
+                "support with this line."
+            ) from None
         except RetriableError as exc:
             if self.stopping.is_set():
                 raise Stopped(f"{method} {path}: not retried, the sync is stopping") from None
@@ -316,16 +418,28 @@ class MarketoClient:
             ) from None
 
     def _send_once(self, method: str, path: str, params: Mapping[str, Any] | None,
-                   body: Any, timeout: tuple[float, float] | None = None) -> dict[str, Any]:
+                   body: Any, check: Callable[[Any], str | None] | None = None,
+                   timeout: tuple[float, float] | None = None) -> dict[str, Any]:
         response = self._call(method, path, params=params, json_body=body, timeout=timeout)
         try:
             envelope = response.json()
         except ValueError:
-            raise RetriableError(
-                f"{method} {path} answered HTTP {response.status_code} with no JSON"
-            ) from None
+            raise self._odd(method, path, response, "not JSON") from None
         self._check_envelope(envelope, response)
+        if not isinstance(envelope, dict) or "success" not in envelope:
+            raise self._odd(method, path, response, "not Marketo's envelope")
+        if "result" in envelope and not isinstance(envelope["result"], list):
+            raise self._odd(method, path, response, "a result that is not a list")
+        problem = check(envelope.get("result")) if check else None
+        if problem:
+            raise self._odd(method, path, response, problem)
         return envelope
+
+    def _odd(self, method: str, path: str, response: requests.Response, what: str,
+             body: bytes | None = None) -> OddAnswer:
+        shown = self.redact(excerpt(response.content if body is None else body))
+        return OddAnswer(f"{method} {path} answered HTTP {response.status_code} with {what}: "
+                         f"{shown!r}")
 
     def open_file(self, path: str, first_byte: int = 0) -> requests.Response:
         """A streaming response for a raw export file, from `first_byte` on (HTTP Range).
@@ -341,9 +455,17 @@ class MarketoClient:
         if response.status_code == 404:
             response.close()
             raise FileNotReady(f"{path} answered 404: the file is not there")
-        if "json" in response.headers.get("Content-Type", ""):
-            envelope = response.json()
-            self._check_envelope(envelope, response)
+        content_type = response.headers.get("Content-Type", "").lower()
+        if "json" in content_type or "html" in content_type:
+            with response:
+                head = response.raw.read(65536, decode_content=True) or b""
+            try:
+                envelope = json.loads(head)
+            except ValueError:
+                envelope = None
+            self._check_envelope(envelope, response)  # an error code: mapped as usual
+            raise self._odd(method, path, response, f"{content_type} instead of the file",
+                            head)
         if response.status_code not in (200, 206):
             response.close()
             raise FatalError(f"{path} answered HTTP {response.status_code}: not a file")
@@ -358,13 +480,18 @@ class MarketoClient:
         with self.pacer.slot():
             self.calls += 1
             try:
+                # Redirects are refused: the token must stay with the instance's host.
                 response = self.session.request(
                     method, f"{self.base_url}{path}", params=params, json=json_body,
                     headers=all_headers, timeout=timeout or self.timeout, stream=stream,
+                    allow_redirects=False,
                 )
             except requests.RequestException as exc:
+                self._unreachable(exc)
                 raise RetriableError(self.redact(f"{method} {path}: {type(exc).__name__}: "
                                                  f"{exc}")) from None
+        self.reached = True
+        self._refuse_redirect(response, f"{method} {path}")
         if response.status_code >= 500 or response.status_code == 429:
             response.close()
             raise RetriableError(f"{method} {path} answered HTTP {response.status_code}")
@@ -376,11 +503,15 @@ class MarketoClient:
         return response
 
     def _check_envelope(self, envelope: Any, response: requests.Response) -> None:
-        if not isinstance(envelope, dict) or envelope.get("success", True):
+        if not isinstance(envelope, dict) or envelope.get("success", True) is True:
             return
-        errors = envelope.get("errors") or [{"code": "unknown", "message": json.dumps(envelope)}]
+        errors = envelope.get("errors")
+        if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
+            request = response.request
+            raise self._odd(str(request.method), urlsplit(str(request.url)).path, response,
+                            "no success and no error code")
         code = str(errors[0].get("code"))
-        message = self.redact(str(errors[0].get("message", "")))
+        message = self.redact(excerpt(str(errors[0].get("message", "")), 200))
         if code in ("601", "602"):
             self._forget_token(getattr(response, "token", ""))
         if code == "606":

@@ -27,8 +27,10 @@ from tap_marketo_activities.client import (
     MarketoClient,
     QueueFull,
     Stopped,
+    excerpt,
 )
 from tap_marketo_activities.quota import central_midnight
+from tap_marketo_activities.records import FileRejected, check_file
 from tap_marketo_activities.settings import PrimaryFilter, isoformat
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,23 @@ CHECKSUM_ATTEMPTS = 3
 CHUNK_BYTES = 1 << 20
 RUNNING_STATUSES = ("Created", "Queued", "Processing")  # a job in Marketo not finished yet
 FINAL_STATUSES = ("Completed", "Failed", "Cancelled")
+STATUSES = RUNNING_STATUSES + FINAL_STATUSES
+
+
+def job_problem(job: dict[str, Any]) -> str | None:
+    """What makes an answer about a job odd (see MarketoClient.result), if anything."""
+    if not job.get("exportId"):
+        return "a job without exportId"
+    if job.get("status") not in STATUSES:
+        return "an unknown job status"
+    return None
+
+
+def listing_problem(result: Any) -> str | None:
+    jobs = result or []
+    if not all(isinstance(job, dict) and not job_problem(job) for job in jobs):
+        return "a job list with an odd job in it"
+    return None
 
 
 class JobFailed(FatalError):
@@ -53,6 +72,11 @@ class JobFailed(FatalError):
 
 class FileGone(FatalError):
     """The export's file is no longer served (retention passed): the window needs a new job."""
+
+
+class FileRefused(FatalError):
+    """The job's file is whole but not what was asked (records.FileRejected): the job is
+    dropped and created again, up to max_job_attempts."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +132,7 @@ class JobTimings:
 class CompletedExport:
     export_id: str
     path: Path
-    records: int
+    records: int | None  # Marketo's numberOfRecords; None when it did not say
     file_size: int
     checksum: str = ""
     story: list[str] = field(default_factory=list)
@@ -157,7 +181,7 @@ def list_exports(client: MarketoClient, statuses: Iterable[str]) -> Iterator[dic
     """This API user's activity exports of the past 7 days in these statuses, every page."""
     params: dict[str, Any] = {"status": ",".join(statuses), "batchSize": 300}
     while True:
-        envelope = client.get(f"{EXPORT_PATH}.json", params)
+        envelope = client.get(f"{EXPORT_PATH}.json", params, listing_problem)
         yield from envelope.get("result") or []
         token = envelope.get("nextPageToken")
         if not token or not envelope.get("result"):
@@ -231,12 +255,21 @@ class ExportJob:
                 continue
             if outcome == "Completed":
                 try:
-                    return self._download(self.export_id, status)
+                    done = self._download(self.export_id, status)
+                    self._check_contents(done)
+                    return done
                 except FileGone:
                     failures += 1
                     if failures >= self.timings.max_attempts:
                         raise JobFailed(self._failure("never served its file")) from None
                     self._note("file gone (past Marketo's retention?): creating a new job")
+                    self.export_id = None
+                    continue
+                except FileRefused as refused:
+                    failures += 1
+                    if failures >= self.timings.max_attempts:
+                        raise
+                    logger.warning("%s: creating a new job.", refused)
                     self.export_id = None
                     continue
             if outcome == "Timeout":
@@ -255,7 +288,8 @@ class ExportJob:
 
     def _create(self) -> str:
         self._check_stop()
-        job = self.client.result("POST", f"{EXPORT_PATH}/create.json", self.spec.body())
+        job = self.client.result("POST", f"{EXPORT_PATH}/create.json", self.spec.body(),
+                                 check=job_problem)
         export_id = str(job["exportId"])
         self.status = "Created"
         self._status_known_at = time.monotonic()
@@ -269,13 +303,18 @@ class ExportJob:
         else:
             status = self._poll(export_id)
             self.completed_before = status.get("status") == "Completed"
-        if status.get("status") == "Created":
-            self._enqueue(export_id)
-            status = {"exportId": export_id, "status": "Queued"}
         deadline = time.monotonic() + self.timings.job_timeout
         wait = min(FIRST_POLL_SECONDS, self.timings.poll_interval)
+        enqueued = False
         while True:
             state = status.get("status", "")
+            if state == "Created":  # new, or an enqueue that did not take: enqueue (again)
+                if enqueued:
+                    self._note("still Created after its enqueue: enqueuing it again")
+                self._enqueue(export_id)
+                enqueued = True
+                status = {"exportId": export_id, "status": "Queued"}
+                continue
             if state in FINAL_STATUSES:
                 if state != "Completed":
                     self._note(f"{state}: {status.get('errorMsg', 'no reason given')}")
@@ -314,7 +353,8 @@ class ExportJob:
         if listed is not None:
             status = listed
         else:
-            status = self.client.result("GET", f"{EXPORT_PATH}/{export_id}/status.json")
+            status = self.client.result("GET", f"{EXPORT_PATH}/{export_id}/status.json",
+                                        check=job_problem)
         state = status.get("status", "")
         if state != self.status:
             self.status = state
@@ -336,25 +376,50 @@ class ExportJob:
     # -- download -----------------------------------------------------------------------
 
     def _download(self, export_id: str, status: dict[str, Any]) -> CompletedExport:
+        """The file, accepted only when verifiably whole: its sha256 is Marketo's
+        fileChecksum, or else its size is fileSize; with neither, the HTTP lengths checked
+        by `_fetch` and the row count checked when the file is read are what is left."""
         path = self.workdir / f"{export_id}.{self.spec.export_format.lower()}"
-        expected = str(status.get("fileChecksum", "")).removeprefix("sha256:").lower()
-        size = status.get("fileSize")
+        expected = str(status.get("fileChecksum") or "").removeprefix("sha256:").lower()
+        size = _count(status.get("fileSize"))
+        records = _count(status.get("numberOfRecords"))
+        if not expected and size is None:
+            self._note("status has no fileChecksum or fileSize: checking the HTTP length, "
+                       "then the rows against numberOfRecords"
+                       + ("" if records is not None else " (absent too: unverifiable)"))
         for attempt in range(1, CHECKSUM_ATTEMPTS + 1):
             digest = self._fetch(export_id, path, size)
-            if not expected or digest == expected:
-                self._note(f"downloaded {path.stat().st_size} bytes, "
-                           f"{status.get('numberOfRecords', '?')} records")
-                return CompletedExport(export_id, path, int(status.get("numberOfRecords", 0)),
-                                       path.stat().st_size, digest, self.story)
-            logger.warning("Export %s: sha256 of the file does not match Marketo's "
-                           "fileChecksum (attempt %d of %d): downloading it again.",
-                           export_id, attempt, CHECKSUM_ATTEMPTS)
+            got = path.stat().st_size
+            if expected and digest != expected:
+                wrong = "sha256 of the file does not match Marketo's fileChecksum"
+            elif not expected and size is not None and got != size:
+                wrong = f"the file has {got} bytes where Marketo's fileSize says {size}"
+            else:
+                self._note(f"downloaded {got} bytes, {records if records is not None else '?'}"
+                           " records")
+                return CompletedExport(export_id, path, records, got, digest, self.story)
+            logger.warning("Export %s: %s (attempt %d of %d): downloading it again.",
+                           export_id, wrong, attempt, CHECKSUM_ATTEMPTS)
         path.unlink(missing_ok=True)
-        raise FatalError(f"Export {export_id} ({self.spec.label}): the file never matched its "
-                         f"checksum in {CHECKSUM_ATTEMPTS} downloads. Run again later.")
+        raise FatalError(f"Export {export_id} ({self.spec.label}): the file was never whole "
+                         f"({wrong}) in {CHECKSUM_ATTEMPTS} downloads. Nothing from this "
+                         "window was bookmarked; run again later.")
+
+    def _check_contents(self, done: CompletedExport) -> None:
+        spec = self.spec
+        try:
+            check_file(done.path, spec.export_format, spec.fields, dict(spec.header_names),
+                       f"export {done.export_id}")
+        except FileRejected as exc:
+            done.path.unlink(missing_ok=True)
+            self.status = "Rejected"  # not kept in the state: the next run asks anew
+            self._note("file refused")
+            raise FileRefused(f"Export for {spec.label}: {exc}") from None
 
     def _fetch(self, export_id: str, path: Path, size: int | None) -> str:
-        """Download to `path`, resuming with Range after a break. Returns the sha256."""
+        """Download to `path`, resuming with Range after a break: a body that ends before
+        its Content-Length (or Content-Range total, or fileSize) is a break. Returns the
+        sha256."""
         hasher = hashlib.sha256()
         received = 0
         breaks = 0
@@ -369,6 +434,7 @@ class ExportJob:
                         out.seek(0)
                         out.truncate()
                         hasher, received = hashlib.sha256(), 0
+                    promised = _promised_total(response, received)
                     with response:
                         for chunk in response.iter_content(CHUNK_BYTES):
                             self._check_stop()
@@ -376,9 +442,11 @@ class ExportJob:
                             hasher.update(chunk)
                             received += len(chunk)
                             self.received = received
-                    if size is None or received >= int(size):
+                    total = promised if promised is not None else size
+                    if total is None or received >= total:
                         return hasher.hexdigest()
-                    raise requests.ConnectionError(f"stream ended at byte {received}")
+                    raise requests.ConnectionError(f"stream ended at byte {received} of "
+                                                   f"{total}")
                 except FileNotReady:
                     not_ready += 1
                     if not_ready >= FILE_NOT_READY_TRIES:
@@ -388,8 +456,9 @@ class ExportJob:
                     breaks += 1
                     if breaks > DOWNLOAD_RESUMES:
                         raise FatalError(
-                            f"Export {export_id}: the download broke {breaks} times "
-                            f"({self.client.redact(str(exc))}). Run again later."
+                            f"Export {export_id} ({self.spec.label}): the download broke "
+                            f"{breaks} times ({excerpt(self.client.redact(str(exc)))}). "
+                            "Nothing from this window was bookmarked; run again later."
                         ) from None
                     logger.warning("Download of %s broke at byte %d of %s (%s): resuming.",
                                    export_id, received, size,
@@ -418,6 +487,27 @@ class ExportJob:
         return (f"Export job for {self.spec.label} {what}. Its story: "
                 f"{'; '.join(self.story[-8:])}. Nothing after the last finished window was "
                 "bookmarked; run again to retry.")
+
+
+def _count(value: Any) -> int | None:
+    """A count from a job status (numberOfRecords, fileSize); None when absent or odd."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value) if value is not None and int(value) >= 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _promised_total(response: requests.Response, first_byte: int) -> int | None:
+    """Where HTTP says the file ends: the Content-Range total, or Content-Length after
+    where this response starts. None when it says nothing (a close-delimited body)."""
+    content_range = response.headers.get("Content-Range", "")
+    if "/" in content_range and content_range.rsplit("/", 1)[1].strip().isdigit():
+        return int(content_range.rsplit("/", 1)[1])
+    length = response.headers.get("Content-Length", "")
+    start = first_byte if response.status_code == 206 else 0
+    return start + int(length) if length.strip().isdigit() else None
 
 
 def cancel_export(client: MarketoClient, export_id: str, *, once: bool) -> bool:

@@ -1,8 +1,11 @@
 """Export file to records: CSV/TSV/SSV rows read by header name, values cast to the schema.
 
 Nothing here knows about HTTP or Singer: a file on disk goes in, typed dicts come out.
-Dirty input never stops the read and never drops a row silently: each problem is counted
-and reported with its row number.
+Dirty rows never stop the read and are never dropped silently: each problem is counted and
+reported with its row number. A file that is not what was asked for (its header lacks a
+requested column or names an unknown one, its rows do not fit its header, it holds fewer
+or more rows than Marketo counted) is refused with FileRejected: none of it may be taken
+as the window's records.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ import codecs
 import csv
 import datetime as dt
 import io
+import itertools
 import json
 import logging
 import math
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,7 +37,15 @@ logger = logging.getLogger(__name__)
 
 NULL = "null"
 DELIMITERS = {"CSV": ",", "TSV": "\t"}
-REPORTED_PER_KIND = 20  # each problem kind is logged this often per file, then only counted
+REPORTED_PER_KIND = 5  # each problem kind is logged this often per file, then only counted
+PROBE_ROWS = 20  # rows read before the first record, to hold against the header
+SHOWN_CHARS = 100  # of a header or a cell, in a message
+# Problem kinds: fixed strings, so that the cap above counts each kind once.
+WRONG_WIDTH = "cells do not match the header: padded or cut to fit"
+UNREADABLE = "unreadable CSV: split on the delimiter"
+UNASKED_TYPE = "rows of an activity type that was not asked for: skipped"
+NO_GUID = "row without marketoGUID: not deliverable"
+INVALID_UTF8 = "invalid UTF-8 replaced by U+FFFD"
 
 # A 10 KB+ attribute value is real; the default limit (128 KB) is not enough for all files.
 csv.field_size_limit(sys.maxsize)
@@ -52,6 +64,19 @@ codecs.register_error("marketo_count_replace", _count_and_replace)
 
 class CastError(ValueError):
     pass
+
+
+class FileRejected(ValueError):
+    """The file is not what was asked for, or not whole: none of its rows may become the
+    window's records, and the window's bookmark must not move."""
+
+    def __str__(self) -> str:
+        return (f"{super().__str__()}. Nothing from its window was bookmarked; run again to "
+                "retry it.")
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
 
 
 def _to_integer(value: Any) -> int:
@@ -120,15 +145,19 @@ def caster(json_type: str, fmt: str | None) -> Callable[[Any], Any]:
 class Problems:
     """Counts what was wrong in a file; logs each kind's first few with the row number."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, quiet: bool = False) -> None:
         self.label = label
+        self.quiet = quiet  # count only: the file is read again, and reported, later
         self.counts: Counter[str] = Counter()
         self.cast_fields: set[tuple[str, str]] = set()
         self.rows = 0  # data rows read, to hold against the job's numberOfRecords
+        self.not_needed = 0  # rows of types asked for by an earlier run: dropped, no warning
 
-    def report(self, kind: str, row: int, detail: str = "") -> None:
+    def report(self, kind: str, row: int, detail: str = "",
+               limit: int = REPORTED_PER_KIND) -> None:
+        """`kind` is one of the fixed strings above; what varies goes in `detail`."""
         self.counts[kind] += 1
-        if self.counts[kind] <= REPORTED_PER_KIND:
+        if self.counts[kind] <= limit and not self.quiet:
             suffix = f" ({detail})" if detail else ""
             logger.warning("%s, row %d: %s%s", self.label, row, kind, suffix)
 
@@ -162,11 +191,51 @@ class Columns(NamedTuple):
     @classmethod
     def from_header(cls, header: list[str], renamed: Mapping[str, str]) -> Columns:
         """`renamed`: field name -> the header text it was given (columnHeaderNames)."""
-        field_of = {text: name for name, text in renamed.items()}
-        where = {field_of.get(text, text): i for i, text in enumerate(header)}
+        where = {name: i for i, name in enumerate(field_names(header, renamed))}
         names = ("marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
                  "primaryAttributeValueId", "primaryAttributeValue", "attributes", "actionResult")
         return cls(*(where.get(name, -1) for name in names))
+
+
+def field_names(header: list[str], renamed: Mapping[str, str]) -> list[str]:
+    field_of = {text: name for name, text in renamed.items()}
+    return [field_of.get(text, text) for text in header]
+
+
+def check_header(header: list[str], renamed: Mapping[str, str],
+                 fields: Iterable[str] | None, label: str) -> Columns:
+    """The header's columns, when they are what the job asked for (`fields`; without
+    them, the columns every record needs); otherwise FileRejected."""
+    names = field_names(header, renamed)
+    shown = _shown(",".join(header))
+    unknown = [name for name in names if name not in BASE_COLUMNS]
+    if unknown:
+        raise FileRejected(f"{label}: the header names a column Marketo does not export "
+                           f"({_shown(unknown[0])!r}; header: {shown!r})")
+    if len(set(names)) != len(names):
+        raise FileRejected(f"{label}: the header names a column twice (header: {shown!r})")
+    missing = [name for name in (fields if fields is not None else sorted(ALWAYS_PRESENT))
+               if name not in names]
+    if missing:
+        raise FileRejected(f"{label}: the header lacks the requested column(s) "
+                           f"{', '.join(missing)} (header: {shown!r})")
+    return Columns.from_header(header, renamed)
+
+
+def check_file(path: Path, export_format: str, fields: Iterable[str],
+               renamed: Mapping[str, str], label: str) -> None:
+    """The checks `read_records` makes before its first record (header, cells of the first
+    rows), alone: cheap enough to run on every file as soon as it is downloaded."""
+    _checked_rows(path, export_format, Problems(label, quiet=True), renamed, fields)
+
+
+def check_whole(problems: Problems, expected_records: int | None) -> None:
+    """After the whole file was read: its data rows must be Marketo's numberOfRecords
+    (when Marketo gave it), or the file is not whole (cut short with nothing else to
+    tell): FileRejected, before the window's bookmark moves."""
+    if expected_records is not None and problems.rows != expected_records:
+        raise FileRejected(f"{problems.label}: Marketo counted {expected_records} records, "
+                           f"the file holds {problems.rows} rows, so it is not whole")
 
 
 class RecordBuilder:
@@ -288,7 +357,10 @@ def read_rows(path: Path, export_format: str,
                 return
             except csv.Error as exc:
                 cells = "".join(record).rstrip("\r\n").split(delimiter)
-                problems.report(f"unreadable CSV ({exc}): split on the delimiter", number + 1)
+                problems.report(UNREADABLE, number + 1, _shown(str(exc)))
+            if not cells:  # a blank line is no row
+                record.clear()
+                continue
             number += 1
             problems.rows = number
             if hidden[0]:
@@ -301,11 +373,9 @@ def read_rows(path: Path, export_format: str,
             seen_decode_errors = _decode_errors
             if undecodable and (replaced := sum(c.count("\ufffd") for c in cells)):
                 undecodable = max(0, undecodable - replaced)
-                problems.report("invalid UTF-8 replaced by U+FFFD", number)
+                problems.report(INVALID_UTF8, number)
             if len(cells) != width:
-                if not cells:
-                    continue
-                problems.report(f"{len(cells)} cells where the header has {width}", number)
+                problems.report(WRONG_WIDTH, number, f"{len(cells)} where the header has {width}")
                 cells = (cells + [NULL] * width)[:width]
             yield number, cells
 
@@ -345,27 +415,53 @@ def _restore_control_characters(cells: list[str], record: list[str], number: int
             for cell in cells]
 
 
+def _checked_rows(path: Path, export_format: str, problems: Problems,
+                  renamed: Mapping[str, str], fields: Iterable[str] | None
+                  ) -> tuple[Columns, Iterator[tuple[int, list[str]]]]:
+    """The header's columns and the data rows, once the header and the first rows have
+    been held against what was asked (FileRejected otherwise)."""
+    rows = read_rows(path, export_format, problems)
+    _, header = next(rows)
+    at = check_header(header, renamed, fields, problems.label)
+    probe = list(itertools.islice(rows, PROBE_ROWS))
+    if probe and problems.counts[WRONG_WIDTH] >= len(probe):
+        rows.close()
+        raise FileRejected(f"{problems.label}: none of the first {len(probe)} rows has the "
+                           f"{len(header)} cells of its header "
+                           f"({_shown(','.join(header))!r}), so columns cannot be told apart")
+    return at, itertools.chain(probe, rows)
+
+
+_UNASKED: Any = object()  # a type id with no entry in `builders`
+
+
 def read_records(
     path: Path,
     export_format: str,
-    builders: Mapping[int, RecordBuilder],
+    builders: Mapping[int, RecordBuilder | None],
     problems: Problems,
     renamed: Mapping[str, str] | None = None,
+    fields: Iterable[str] | None = None,
 ) -> Iterator[tuple[RecordBuilder, dict[str, Any]]]:
-    """(builder, record) for every row whose activity type has a builder."""
-    rows = read_rows(path, export_format, problems)
-    _, header = next(rows)
-    at = Columns.from_header(header, renamed or {})
-    if at.guid < 0 or at.type_id < 0:
-        raise ValueError(f"{path.name}: header has no marketoGUID or activityTypeId: {header}")
+    """(builder, record) for every row whose activity type has a builder. A type mapped
+    to None was asked for but is not needed now (a job of an earlier run that asked for
+    more types): its rows are only counted. `fields`: the columns the job asked for.
+
+    Raises FileRejected before the first record when the header is not what was asked
+    for, or when none of the first rows has the header's number of cells. Call
+    `check_whole` once the rows are read."""
+    at, rows = _checked_rows(path, export_format, problems, renamed or {}, fields)
     get = builders.get
     for number, cells in rows:
         type_cell = cells[at.type_id]
-        builder = get(int(type_cell)) if type_cell.isdigit() else None
+        builder = get(int(type_cell), _UNASKED) if type_cell.isdigit() else _UNASKED
         if builder is None:
-            problems.report(f"activity type {type_cell[:20]!r} was not asked for", number)
+            problems.not_needed += 1
+            continue
+        if builder is _UNASKED:
+            problems.report(UNASKED_TYPE, number, f"type {_shown(type_cell)!r}", limit=1)
             continue
         if not cells[at.guid] or cells[at.guid] == NULL:
-            problems.report("row without marketoGUID: not deliverable", number)
+            problems.report(NO_GUID, number)
             continue
         yield builder, builder.build(cells, at, number, problems)

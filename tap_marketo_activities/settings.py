@@ -7,7 +7,9 @@ what it accepts.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,14 +152,23 @@ class Settings:
     column_header_names: Mapping[str, str] = field(default_factory=dict)
 
 
+# A host name (letters, digits, dots, hyphens) or an IPv6 literal in brackets.
+HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+
+
 def normalize_base_url(value: str) -> str:
     """What the admin screen shows (with /rest or /identity, with or without a trailing
     slash) or any http(s)://host:port -> scheme://host[:port]."""
     text = (value or "").strip().rstrip("/")
     text = re.sub(r"/(rest|identity)$", "", text, flags=re.IGNORECASE)
     parts = urlsplit(text)
+    if "@" in parts.netloc:
+        # requests would send them as HTTP Basic, to Marketo or to whoever answers.
+        raise SettingsError("base_url must not carry a user name or password (user:pw@host): "
+                            "the tap signs in with client_id and client_secret only.")
+    host = parts.netloc.rsplit(":", 1)[0] if not parts.netloc.endswith("]") else parts.netloc
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or \
-            parts.query or parts.fragment:
+            parts.query or parts.fragment or not HOST.fullmatch(host):
         raise SettingsError(
             f"base_url {value!r} is not a Marketo endpoint. Expected the REST endpoint from "
             "Admin > Web Services, like https://284-RPR-133.mktorest.com or "
@@ -220,9 +231,11 @@ def parse_settings(config: Mapping[str, Any], now: dt.datetime | None = None) ->
         )
     type_ids = config.get("activity_type_ids")
     if type_ids is not None and (
-        not isinstance(type_ids, list) or not all(isinstance(i, int) for i in type_ids)
+        not isinstance(type_ids, list) or not type_ids
+        or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in type_ids)
     ):
-        raise SettingsError(f"activity_type_ids is {type_ids!r}; it accepts a list of integers.")
+        raise SettingsError(f"activity_type_ids is {type_ids!r}; it accepts a non-empty list "
+                            "of positive type ids (e.g. [1, 12]), or leave it out for all.")
     return Settings(
         base_url=normalize_base_url(str(config["base_url"])),
         client_id=str(config["client_id"]),
@@ -244,9 +257,34 @@ def parse_settings(config: Mapping[str, Any], now: dt.datetime | None = None) ->
         backfill_order=_backfill_order(config.get("backfill_order")),
         heartbeat_seconds=_number(config, "heartbeat_seconds", 1, 3600, 60),
         primary_filters=parse_primary_filters(config.get("primary_attribute_filters")),
-        raw_files_dir=Path(config["raw_files_dir"]) if config.get("raw_files_dir") else None,
+        raw_files_dir=_writable_folder("raw_files_dir", config.get("raw_files_dir")),
         column_header_names=_header_names(config.get("raw_files_column_header_names")),
     )
+
+
+def _writable_folder(name: str, value: Any) -> Path | None:
+    """The folder, created and proven writable now: before any export spends quota."""
+    if not value:
+        return None
+    folder = Path(str(value)).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise SettingsError(f"{name} {str(value)!r} cannot be written to "
+                            f"({exc.strerror or type(exc).__name__}): give the tap's user "
+                            "write access, or choose another folder.") from None
+    return folder
+
+
+def unknown_settings(config: Mapping[str, Any], schema: Mapping[str, Any]
+                     ) -> list[tuple[str, str | None]]:
+    """Each setting the schema does not know (a typo?), with the closest known name. The
+    schema is the tap's config schema as the SDK extends it with its own settings."""
+    known = list(schema.get("properties", {}))
+    return [(name, next(iter(difflib.get_close_matches(name, known, n=1)), None))
+            for name in config if name not in known and not name.startswith("_")]
 
 
 def _export_format(value: Any) -> str:

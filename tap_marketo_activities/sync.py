@@ -26,7 +26,13 @@ from singer_sdk.helpers._batch import BatchConfig
 from tap_marketo_activities.client import MarketoError, QuotaExhausted
 from tap_marketo_activities.export import CompletedExport, JobTimings, used_today
 from tap_marketo_activities.quota import MB, ExportQuota, mb, reset_text
-from tap_marketo_activities.records import Problems, RecordBuilder, read_records
+from tap_marketo_activities.records import (
+    FileRejected,
+    Problems,
+    RecordBuilder,
+    check_whole,
+    read_records,
+)
 from tap_marketo_activities.scheduler import (
     BACKWARD,
     FORWARD,
@@ -150,7 +156,7 @@ class OnePass:
         self.tap = tap
         self.settings = tap.effective_settings
         self.streams = [s for s in streams if s.bulk and s.wanted]
-        self.stop_reason: MarketoError | None = None
+        self.stop_reason: MarketoError | FileRejected | None = None
         self.windows_delivered = 0
         self.bytes_downloaded = 0
         self.scheduler: ExportScheduler | None = None
@@ -205,7 +211,7 @@ class OnePass:
         try:
             done = self.scheduler.result(planned, self._on_wait)
             sizes = self._emit(planned, done)
-        except MarketoError as exc:
+        except (MarketoError, FileRejected) as exc:
             # Windows already delivered keep their state; the sync ends with this error
             # as one line (tap.sync_all), or a warning for a day's quota.
             self.stop_reason = exc
@@ -228,16 +234,12 @@ class OnePass:
                 feed.window_records = 0
                 feed.stream.extracted_at = dt.datetime.now(dt.timezone.utc)
         problems = Problems(f"export {done.export_id}")
-        rows = read_records(done.path, planned.spec.export_format,
-                            {t: b for t, b in builders.items() if b is not None}, problems,
-                            dict(planned.spec.header_names))
+        rows = read_records(done.path, planned.spec.export_format, builders, problems,
+                            dict(planned.spec.header_names), planned.spec.fields)
         self._feed(rows, feed_of, isoformat(planned.spec.start), isoformat(planned.spec.end))
+        check_whole(problems, done.records)
         if problems.counts:
-            logger.warning("Export %s had problems, every row kept: %s", done.export_id,
-                           problems.summary())
-        if done.records and problems.rows != done.records:
-            logger.warning("Export %s: Marketo counted %d records, the file held %d rows.",
-                           done.export_id, done.records, problems.rows)
+            logger.warning("Export %s had problems: %s", done.export_id, problems.summary())
         self.bytes_downloaded += done.file_size
         return {feed.stream.type_id: feed.window_records for feed in feed_of.values()}
 

@@ -26,20 +26,34 @@ from singer_sdk.helpers.capabilities import (
 )
 from singer_sdk.singerlib import Message, RecordMessage
 
-from tap_marketo_activities.client import FatalError, MarketoClient, MarketoError, Pacer
+from tap_marketo_activities.client import (
+    FatalError,
+    MarketoClient,
+    MarketoError,
+    Pacer,
+    excerpt,
+)
+from tap_marketo_activities.records import FileRejected
 from tap_marketo_activities.schema import (
     DELETE_LEAD_TYPE_ID,
     activity_schema,
     stream_names,
     type_id_of,
 )
-from tap_marketo_activities.settings import CONFIG_SCHEMA, Settings, SettingsError, parse_settings
+from tap_marketo_activities.settings import (
+    CONFIG_SCHEMA,
+    Settings,
+    SettingsError,
+    parse_settings,
+    unknown_settings,
+)
 from tap_marketo_activities.streams import ActivityStream, DeletedLeadStream
 from tap_marketo_activities.sync import EXPORTS_STATE_KEY, SIZES_STATE_KEY, OnePass, drain
 
 logger = logging.getLogger(__name__)
 
 TYPES_PATH = "/rest/v1/activities/types.json"
+ERROR_LINE_CHARS = 400  # the one ERROR line of a failure; the details are at DEBUG
 
 
 class Terminated(BaseException):
@@ -102,14 +116,22 @@ class TapMarketoActivities(Tap):
     # -- settings -----------------------------------------------------------------------
 
     def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
-        errors = super()._validate_config(raise_errors=raise_errors)
+        # SettingsError, not the SDK's ConfigValidationError: the SDK logs that one as two
+        # ERROR lines; main() logs ours as one.
+        try:
+            errors = super()._validate_config(raise_errors=raise_errors)
+        except ConfigValidationError as exc:
+            raise SettingsError("; ".join(exc.errors) or str(exc)) from None
         if errors:
             return errors
+        for name, closest in unknown_settings(self.config, self.config_jsonschema):
+            hint = f"; did you mean {closest!r}?" if closest else ""
+            logger.warning("Unknown setting %r: ignored%s", name, hint)
         try:
             _ = self.settings
         except SettingsError as exc:
             if raise_errors:
-                raise ConfigValidationError(str(exc), errors=[str(exc)]) from None
+                raise
             return [str(exc)]
         return []
 
@@ -143,15 +165,24 @@ class TapMarketoActivities(Tap):
         types = self._activity_types()
         names = stream_names(types)  # over all types, so a filter never renames a stream
         wanted = self.settings.activity_type_ids
-        return [
+        streams = [
             _stream_class(int(t["id"]))(self, names[int(t["id"])], activity_schema(t))
             for t in types
             if wanted is None or int(t["id"]) in wanted
         ]
+        if not streams:
+            raise FatalError(f"None of activity_type_ids {list(wanted or [])} is an activity "
+                             "type of this instance: see the type ids at "
+                             "/rest/v1/activities/types.json, or leave the setting out.")
+        return streams
 
     def _activity_types(self) -> list[dict[str, Any]]:
-        envelope = self.client.get(TYPES_PATH)
+        envelope = self.client.get(TYPES_PATH, check=_types_problem)
         types = envelope.get("result") or []
+        if not types:
+            raise FatalError(f"Marketo lists no activity types ({TYPES_PATH} answered an empty "
+                             "result): the API user's role needs 'Read-Only Activity'. Run "
+                             "again later if it has it.")
         logger.info("Marketo lists %d activity types.", len(types))
         return types
 
@@ -264,6 +295,12 @@ def _one_stream_per_type(streams: list[ActivityStream]) -> None:
         seen[stream.type_id] = stream.name
 
 
+def _types_problem(result: Any) -> str | None:
+    if not all(isinstance(t, dict) and isinstance(t.get("id"), int) for t in result or []):
+        return "an activity type without an id"
+    return None
+
+
 def _stream_class(type_id: int) -> type[ActivityStream]:
     return DeletedLeadStream if type_id == DELETE_LEAD_TYPE_ID else ActivityStream
 
@@ -280,13 +317,13 @@ def main() -> None:
         with contextlib.suppress(OSError):
             sys.stdout.flush()
         os._exit(128 + stop.signum)  # workers may sit in a retry wait: do not join them
-    except MarketoError as exc:
-        log.error("%s", exc)
+    except (MarketoError, SettingsError, FileRejected) as exc:
+        log.error("%s", excerpt(str(exc), ERROR_LINE_CHARS))
         logger.debug("Details", exc_info=True)
         sys.exit(1)
     except Exception as exc:
         log.error("Unexpected %s: %s. This is a bug of the tap: please report it with the "
                   "log at DEBUG (TAP_MARKETO_ACTIVITIES_LOGLEVEL=DEBUG). The state above is "
-                  "safe to resume from.", type(exc).__name__, exc)
+                  "safe to resume from.", type(exc).__name__, excerpt(str(exc), 200))
         logger.debug("Details", exc_info=True)
         sys.exit(1)

@@ -38,7 +38,8 @@ def test_dirty_files_keep_every_row_and_report_each_problem(tmp_path: Path) -> N
         assert re.search(r"row \d+: stray CR", run.stderr)
         assert re.search(r"row \d+: invalid UTF-8", run.stderr)
         assert re.search(r"row \d+: attributes is not valid JSON", run.stderr)
-        assert re.search(r"row \d+: \d+ cells where the header has", run.stderr)
+        assert re.search(r"row \d+: cells do not match the header: padded or cut to fit "
+                         r"\(\d+ where the header has", run.stderr)
 
 
 def start_tap(tmp: Path, config: dict[str, Any], state: dict | None = None

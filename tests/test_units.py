@@ -5,19 +5,31 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from tap_marketo_activities.export import JobSpec
-from tap_marketo_activities.records import Problems, RecordBuilder, read_records
+from tap_marketo_activities.records import (
+    REPORTED_PER_KIND,
+    UNASKED_TYPE,
+    WRONG_WIDTH,
+    FileRejected,
+    Problems,
+    RecordBuilder,
+    check_whole,
+    read_records,
+)
 from tap_marketo_activities.scheduler import export_key, grid_windows, plan_jobs
 from tap_marketo_activities.schema import activity_schema, attribute_specs, stream_names
 from tap_marketo_activities.settings import (
+    CONFIG_SCHEMA,
     PrimaryFilter,
     SettingsError,
     normalize_base_url,
     parse_settings,
+    unknown_settings,
 )
 
 UTC = dt.timezone.utc
@@ -86,7 +98,10 @@ def test_base_url_keeps_a_port() -> None:
 
 
 @pytest.mark.parametrize("bad", ["ftp://x.mktorest.com", "284-RPR-133.mktorest.com",
-                                 "https://x.mktorest.com/rest/v1", "https://"])
+                                 "https://x.mktorest.com/rest/v1", "https://",
+                                 "https://user:pw@x.mktorest.com", "https://x.mkto rest.com",
+                                 "https://x.mktorest.com\\", "https://x_y!.mktorest.com",
+                                 "https://x.mktorest.com:99999"])
 def test_base_url_refuses_anything_else(bad: str) -> None:
     with pytest.raises(SettingsError, match="base_url"):
         normalize_base_url(bad)
@@ -102,10 +117,29 @@ GOOD = {"client_id": "a", "client_secret": "b", "base_url": "http://127.0.0.1:1"
     ({"window_days": 0}, "window_days"),
     ({"window_days": 40}, "window_days"),
     ({"base_url": "mailto:x@y"}, "base_url"),
+    ({"activity_type_ids": []}, "activity_type_ids"),
+    ({"activity_type_ids": [-1]}, "activity_type_ids"),
+    ({"activity_type_ids": [0, 1]}, "activity_type_ids"),
+    ({"raw_files_dir": "/proc/no-such-place"}, "raw_files_dir"),
 ])
 def test_bad_settings_name_the_setting(change: dict, setting: str) -> None:
     with pytest.raises(SettingsError, match=setting):
         parse_settings({**GOOD, **change})
+
+
+def test_raw_files_dir_is_created_and_proven_writable(tmp_path: Path) -> None:
+    folder = tmp_path / "a" / "b"
+    assert parse_settings({**GOOD, "raw_files_dir": str(folder)}).raw_files_dir == folder
+    assert folder.is_dir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SettingsError, match="raw_files_dir"):
+        parse_settings({**GOOD, "raw_files_dir": str(tmp_path / "file" / "x")})
+
+
+def test_an_unknown_setting_is_named_with_the_closest_known_one() -> None:
+    config = {**GOOD, "windows_days": 3, "zzz": 1, "stream_maps": {}}
+    schema = {"properties": {**CONFIG_SCHEMA["properties"], "stream_maps": {}}}
+    assert unknown_settings(config, schema) == [("windows_days", "window_days"), ("zzz", None)]
 
 
 def test_an_end_date_in_the_future_is_now() -> None:
@@ -221,8 +255,81 @@ def test_dirty_rows_are_kept_and_counted(tmp_path: Path) -> None:
     assert set(problems.counts) == {
         "stray CR in an unquoted value (kept)", "NUL byte in a value (kept)",
         "invalid UTF-8 replaced by U+FFFD",
-        "attributes is not valid JSON; kept as text under `_unparsed`",
-        "4 cells where the header has 8"}
+        "attributes is not valid JSON; kept as text under `_unparsed`", WRONG_WIDTH}
+
+
+ROW = b"%d,5,2024-01-01T00:00:00Z,%d,7,3,p,null\n"
+
+
+@pytest.mark.parametrize(("header", "says"), [
+    (HEADER.replace(b"activityDate,", b""), "lacks the requested column(s) activityDate"),
+    (HEADER.replace(b"campaignId", b"campaign"), "does not export ('campaign'"),
+    (HEADER.replace(b"leadId", b"marketoGUID"), "names a column twice"),
+])
+def test_a_header_that_is_not_what_was_asked_is_refused(tmp_path: Path, header: bytes,
+                                                        says: str) -> None:
+    path = tmp_path / "export.csv"
+    path.write_bytes(header + b"".join(ROW % (n, 1) for n in range(3)))
+    fields = HEADER.decode().strip().split(",")
+    with pytest.raises(FileRejected, match=re.escape(says)):
+        list(read_records(path, "CSV", _builders(), Problems("test"), fields=fields))
+
+
+@pytest.mark.parametrize("change", [b",extra\n", b"\n"])
+def test_rows_that_never_fit_their_header_are_refused(tmp_path: Path, change: bytes) -> None:
+    # A header with one column more (or rows with one cell more) than the rows have.
+    rows = b"".join(ROW % (n, 1) for n in range(30))
+    header = HEADER.replace(b"attributes\n", b"attributes,actionResult\n") \
+        if change == b"\n" else HEADER
+    body = header + (rows if change == b"\n" else rows.replace(b"null\n", b"null,x\n"))
+    path = tmp_path / "export.csv"
+    path.write_bytes(body)
+    with pytest.raises(FileRejected, match="none of the first 20 rows"):
+        next(read_records(path, "CSV", _builders(), Problems("test")))
+
+
+def test_a_long_header_is_shown_short(tmp_path: Path) -> None:
+    path = tmp_path / "export.csv"
+    path.write_bytes(b"x" * 100_000 + b"\n" + ROW % (1, 1))
+    with pytest.raises(FileRejected) as refused:
+        list(read_records(path, "CSV", _builders(), Problems("test")))
+    assert len(str(refused.value)) < 400
+
+
+def test_rows_of_types_not_asked_for_are_counted_and_reported_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = [ROW % (n, 1 if n % 3 else 13 + n) for n in range(30)]
+    records, problems = _read(tmp_path, HEADER + b"".join(rows))
+    assert len(records) == 20
+    assert problems.counts == {UNASKED_TYPE: 10}
+    assert sum(UNASKED_TYPE in r.message for r in caplog.records) == 1
+
+
+def test_rows_of_a_type_no_longer_needed_are_dropped_silently(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "export.csv"
+    path.write_bytes(HEADER + ROW % (1, 1) + ROW % (2, 13) + ROW % (3, 13))
+    problems = Problems("test")
+    records = list(read_records(path, "CSV", {**_builders(), 13: None}, problems))
+    assert [r["marketoGUID"] for _, r in records] == ["1"]
+    assert (problems.counts, problems.not_needed, problems.rows) == ({}, 2, 3)
+    assert caplog.records == []
+
+
+def test_each_problem_kind_is_logged_a_few_times_then_counted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    short = b"".join(b"%d,5,2024-01-01T00:00:00Z,1,7\n" % n for n in range(40))
+    _, problems = _read(tmp_path, HEADER + ROW % (99, 1) + short)
+    assert problems.counts == {WRONG_WIDTH: 40}
+    assert len(caplog.records) == REPORTED_PER_KIND
+
+
+def test_a_file_with_fewer_rows_than_marketo_counted_is_not_whole(tmp_path: Path) -> None:
+    _, problems = _read(tmp_path, HEADER + ROW % (1, 1) + b"\n" + ROW % (2, 1))
+    check_whole(problems, 2)
+    check_whole(problems, None)  # Marketo did not say: nothing to hold it against
+    with pytest.raises(FileRejected, match="Marketo counted 3 records, the file holds 2"):
+        check_whole(problems, 3)
 
 
 def test_a_stray_cr_beside_a_quoted_newline_keeps_the_row_whole(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -9,6 +10,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from .catalog import DELETE_LEAD, activity_types
 from .data import Dataset, matches
 
 ALL_FIELDS = ["marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
@@ -30,6 +32,8 @@ class ExportSpec:
     primary_values: frozenset[str] | None = None
     shuffle_seed: int = 0
     dirty: bool = False
+    defect: str = ""  # limits.FILE_DEFECTS: a file unlike what was asked
+    foreign_rows: int = 0  # rows of a type not asked for
 
 
 @dataclass
@@ -168,7 +172,38 @@ class RowWriter:
         own = (guid, str(lead_id), date, "null" if campaign is None else str(campaign))
         for position, slot in self.own_slots:
             row[position] = own[slot]
+        if self.spec.defect == "short_rows":
+            row = row[:-1]
+        elif self.spec.defect == "long_rows":
+            row = [*row, "x"]
         return join_row(row, self.spec.delimiter)
+
+
+def with_defect(spec: ExportSpec) -> ExportSpec:
+    """missing_column: activityDate (or the third column) left out of header and rows;
+    unknown_column: one header cell renamed to a name Marketo does not export."""
+    if spec.defect == "missing_column":
+        dropped = "activityDate" if "activityDate" in spec.fields else spec.fields[2]
+        return dataclasses.replace(spec, fields=[f for f in spec.fields if f != dropped])
+    if spec.defect == "unknown_column":
+        renamed = spec.fields[-1]
+        return dataclasses.replace(spec, header_names={**spec.header_names,
+                                                       renamed: f"{renamed}_v2"})
+    return spec
+
+
+def foreign_lines(dataset: Dataset, spec: ExportSpec, order: list[int]) -> list[bytes]:
+    """Rows of a type the job did not ask for (copies of real rows, with their own ids)."""
+    asked = spec.type_ids or frozenset()
+    other = next((t["id"] for t in activity_types()
+                  if t["id"] not in asked and t["id"] != DELETE_LEAD), 999999)
+    lines = []
+    for number, index in enumerate(order[: spec.foreign_rows]):
+        activity = {**dataset.activity(index), "activityTypeId": other,
+                    "marketoGUID": f"99{number:08d}"}
+        lines.append(join_row([quote(cell_text(name, activity[name]), spec.delimiter)
+                               for name in spec.fields], spec.delimiter))
+    return lines
 
 
 def write_export(dataset: Dataset, spec: ExportSpec, path: str,
@@ -176,6 +211,7 @@ def write_export(dataset: Dataset, spec: ExportSpec, path: str,
     """Write the file; None when cancelled part way."""
     result = ExportResult()
     digest = hashlib.sha256()
+    spec = with_defect(spec)
     writer = RowWriter(dataset, spec)
     order = [i for i in spec.indices if writer.wanted(i)]
     random.Random(spec.shuffle_seed).shuffle(order)
@@ -183,6 +219,9 @@ def write_export(dataset: Dataset, spec: ExportSpec, path: str,
     header = [quote(spec.header_names.get(name, name), spec.delimiter) for name in spec.fields]
     with open(path, "wb") as out:
         chunk = [join_row(header, spec.delimiter)]
+        if spec.foreign_rows:
+            chunk += foreign_lines(dataset, spec, order)
+            result.records += len(chunk) - 1
         for index in order:
             line = dirty_line(dataset, index, spec, planner, result) if planner else None
             chunk.append(line or writer.line(index))

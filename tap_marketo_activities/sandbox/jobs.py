@@ -53,7 +53,7 @@ class Job:
     file_attempts: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
 
-    def public(self) -> dict[str, Any]:
+    def public(self, hidden: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
         out: dict[str, Any] = {"exportId": self.export_id, "status": self.status,
                                "format": self.format, "createdAt": format_time(self.created_at)}
         for key, moment in (("queuedAt", self.queued_at), ("startedAt", self.started_at),
@@ -66,6 +66,8 @@ class Job:
             out["fileChecksum"] = "sha256:" + self.result.sha256
         if self.status == "Failed" and self.error_msg:
             out["errorMsg"] = self.error_msg
+        for key in hidden:
+            out.pop(key, None)
         return out
 
     def summary(self) -> dict[str, Any]:

@@ -50,10 +50,32 @@ class Faults:
     corrupt_download_times: int = 0
     expire_files: bool = False
     dirty_rows: bool = False
+    # Answers that are not what the call returns: {route name: kind} (ODD_KINDS), for the
+    # first `odd_answer_times` calls of each route (-1: every call).
+    odd_answers: dict[str, str] = field(default_factory=dict)
+    odd_answer_times: int = -1
+    # Keys left out of a Completed job's status (fileSize, fileChecksum, numberOfRecords).
+    hide_status_fields: list[str] = field(default_factory=list)
+    # Files served without Content-Length (the body ends when the connection closes).
+    close_delimited_files: bool = False
+    # The first N downloads of each file end early, the connection closed.
+    cut_file_times: int = 0
+    # A file unlike what was asked (FILE_DEFECTS): its checksum and size still match it.
+    file_defect: str = ""
+    # Rows of an activity type the job did not ask for, added to each file.
+    foreign_type_rows: int = 0
+    # Answer the identity call, or every other call, with a redirect to this origin.
+    redirect_identity_to: str = ""
+    redirect_calls_to: str = ""
 
     @classmethod
     def names(cls) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
+
+
+ODD_KINDS = ("not_envelope", "empty_result", "null_result", "list_result", "no_export_id",
+             "unknown_status", "stays_created", "html", "json_file", "no_success")
+FILE_DEFECTS = ("missing_column", "unknown_column", "short_rows", "long_rows")
 
 
 class CallLimits:

@@ -97,7 +97,11 @@ class Handler(BaseHTTPRequestHandler):
         length = file.end - file.start + 1
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(length))
+        if file.close_delimited:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
         if reply.status == 206:
             self.send_header("Content-Range", f"bytes {file.start}-{file.end}/{file.total}")

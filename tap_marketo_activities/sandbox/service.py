@@ -19,7 +19,7 @@ from .catalog import activity_types
 from .data import Dataset
 from .deleted import DeletedLeads
 from .jobs import OURS, ApiError, Job, JobBoard, parse_create
-from .limits import CallLimits, Faults
+from .limits import FILE_DEFECTS, ODD_KINDS, CallLimits, Faults
 
 JSON_TYPE = "application/json;charset=UTF-8"
 EXPORT = "/bulk/v1/activities/export"
@@ -45,6 +45,7 @@ class FileSend:
     corrupt: bool = False
     cut: int | None = None
     stall: float = 0.0
+    close_delimited: bool = False  # no Content-Length: the end is where the socket closes
 
 
 @dataclass
@@ -72,6 +73,8 @@ def text_reply(status: int, text: str, content_type: str = "text/plain;charset=U
                ) -> Reply:
     return Reply(status=status, body=text.encode("utf-8"), content_type=content_type)
 
+
+ODD_INSTEAD = set(ODD_KINDS) - {"unknown_status"}
 
 ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/rest/v1/activities/types.json", "types"),
@@ -148,7 +151,12 @@ class Service:
         if request.path == "/identity/oauth/token" and request.method in ("GET", "POST"):
             with self.lock:
                 self.calls[f"{request.method} /identity/oauth/token"] += 1
+                target = self.faults.redirect_identity_to
+            if target:
+                return self.redirect(target, request)
             return self.token(request)
+        if self.faults.redirect_calls_to:
+            return self.redirect(self.faults.redirect_calls_to, request)
         route = find_route(request.method, request.path)
         if route is None:
             return text_reply(404, "Not Found")
@@ -202,9 +210,67 @@ class Service:
         handler: Callable[..., Reply] = getattr(self, name)
         try:
             with self.lock:
-                return handler(request, *params)
+                odd = self.odd_kind(name)
+                if odd in ODD_INSTEAD:
+                    return self.odd_instead(odd, params)
+                reply = handler(request, *params)
+                return self.odd_after(odd, reply) if odd else reply
         except ApiError as exc:
             return self.error(exc.code, exc.message)
+
+    # ---- odd answers ----------------------------------------------------------
+
+    def redirect(self, target: str, request: Request) -> Reply:
+        """A redirect elsewhere, keeping the path and query (an HTTPS upgrade would)."""
+        self.injected["redirect"] += 1
+        query = "&".join(f"{k}={v}" for k, v in request.query.items())
+        location = f"{target.rstrip('/')}{request.path}" + (f"?{query}" if query else "")
+        return Reply(status=302, body=b"", content_type="text/plain",
+                     headers={"Location": location})
+
+    def odd_kind(self, route: str) -> str:
+        faults = self.faults
+        kind = faults.odd_answers.get(route, "")
+        if not kind:
+            return ""
+        if kind not in ODD_KINDS:
+            raise ValueError(f"unknown odd answer {kind!r}")
+        done = self.injected[f"odd {route}"]
+        if 0 <= faults.odd_answer_times <= done:
+            return ""
+        self.injected[f"odd {route}"] += 1
+        return kind
+
+    def odd_instead(self, kind: str, params: list[str]) -> Reply:
+        """An answer in place of the call's: nothing happened on Marketo's side."""
+        if kind == "not_envelope":
+            return Reply(body=b'{"message":"Service temporarily unavailable","status":503}')
+        if kind == "empty_result":
+            return self.ok([])
+        if kind == "null_result":
+            return Reply(body=json.dumps({"requestId": self.request_id(), "success": True,
+                                          "result": None}).encode())
+        if kind == "list_result":
+            return self.ok([[{"exportId": params[0] if params else "x"}]])
+        if kind == "no_export_id":
+            return self.ok([{"status": "Created", "format": "CSV"}])
+        if kind == "stays_created":
+            return self.ok([{"exportId": params[0] if params else "x", "status": "Created"}])
+        if kind == "no_success":
+            return Reply(body=json.dumps({"requestId": self.request_id()}).encode())
+        if kind == "html":
+            return text_reply(200, "<html><head><title>Maintenance</title></head><body>"
+                              "<h1>We'll be back soon</h1></body></html>", "text/html")
+        return Reply(body=json.dumps({"requestId": self.request_id(), "success": True,
+                                      "result": []}).encode())  # json_file
+
+    def odd_after(self, kind: str, reply: Reply) -> Reply:
+        """The call's own answer, with a job status Marketo does not have."""
+        body = json.loads(reply.body)
+        for job in body.get("result") or []:
+            job["status"] = "Pending Review"
+        reply.body = json.dumps(body).encode()
+        return reply
 
     def transport_fault(self) -> Reply | None:
         if self.chance(self.faults.http_5xx_rate):
@@ -314,6 +380,10 @@ class Service:
             body, self.dataset, self.settings.end_inclusive, self.settings.delimiters)
         spec.shuffle_seed = self.id_rng.getrandbits(32)
         spec.dirty = self.faults.dirty_rows
+        if self.faults.file_defect not in ("", *FILE_DEFECTS):
+            raise ValueError(f"unknown file defect {self.faults.file_defect!r}")
+        spec.defect = self.faults.file_defect
+        spec.foreign_rows = self.faults.foreign_type_rows
         job = Job(export_id=self.new_id(), owner=OURS, format=str(body.get("format", "CSV")
                   ).upper(), spec=spec, start_at=start_at, end_at=end_at, type_ids=type_ids)
         self.board.jobs[job.export_id] = job
@@ -346,7 +416,7 @@ class Service:
 
     def status(self, request: Request, export_id: str) -> Reply:
         self.board.advance()
-        return self.ok([self.job(export_id).public()])
+        return self.ok([self.job(export_id).public(self.faults.hide_status_fields)])
 
     def cancel(self, request: Request, export_id: str) -> Reply:
         job = self.job(export_id)
@@ -361,7 +431,7 @@ class Service:
         size = batch_size(request.query)
         offset = decode_offset(request.query.get("nextPageToken"))
         jobs = self.board.listed(statuses)
-        page = [job.public() for job in jobs[offset:offset + size]]
+        page = [job.public(self.faults.hide_status_fields) for job in jobs[offset:offset + size]]
         if offset + size < len(jobs):
             return self.ok(page, nextPageToken=encode_offset(offset + size))
         return self.ok(page)
@@ -381,7 +451,11 @@ class Service:
             return Reply(status=416, body=b"Requested range not satisfiable",
                          content_type="text/plain", headers={"Content-Range": f"bytes */{total}"})
         send = FileSend(path=job.path, start=span[0], end=span[1], total=total,
-                        corrupt=job.downloads < self.faults.corrupt_download_times)
+                        corrupt=job.downloads < self.faults.corrupt_download_times,
+                        close_delimited=self.faults.close_delimited_files)
+        if job.downloads < self.faults.cut_file_times and span[1] > span[0]:
+            self.injected["cut_file"] += 1
+            send.cut = (span[1] - span[0] + 1) * 2 // 5
         job.downloads += 1
         self.download_faults(send)
         partial = span != (0, total - 1) or "range" in request.headers
@@ -389,7 +463,7 @@ class Service:
 
     def download_faults(self, send: FileSend) -> None:
         length = send.end - send.start + 1
-        if length < 2:
+        if length < 2 or send.cut is not None:
             return
         if self.chance(self.faults.break_download_rate):
             self.injected["break_download"] += 1
