@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import msgspec
+
 from tap_marketo_activities.schema import (
     ALWAYS_PRESENT,
     BASE_COLUMNS,
@@ -126,6 +128,21 @@ def _to_date(value: Any) -> str:
 def _to_datetime(value: Any) -> str:
     dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     return value
+
+
+# Values JSON already gives in the column's type go into the record as they are.
+PASSES_AS_IS: dict[Callable[[Any], Any], tuple[type, ...]] = {
+    _to_integer: (int,), _to_number: (int, float), _to_boolean: (bool,), _to_string: (str,)}
+_decode_json = msgspec.json.Decoder().decode
+
+
+def _loads(text: str) -> Any:
+    """msgspec's JSON decoder, which gives the values Python's gives, faster; Python's for
+    what msgspec refuses (NaN, Infinity, lone surrogates)."""
+    try:
+        return _decode_json(text)
+    except msgspec.MsgspecError:
+        return json.loads(text)
 
 
 def caster(json_type: str, fmt: str | None) -> Callable[[Any], Any]:
@@ -254,29 +271,61 @@ class RecordBuilder:
 
     def build(self, cells: list[str], at: Columns, number: int,
               problems: Problems) -> dict[str, Any]:
-        cast = self._cast
-        record: dict[str, Any] = {
-            "marketoGUID": cells[at.guid],
-            "leadId": cast(_cell(cells, at.lead), _to_integer, "leadId", number, problems),
-            "activityDate": _cell(cells, at.date),
-            "activityTypeId": self.type_id,
-            "campaignId": cast(_cell(cells, at.campaign), _to_integer, "campaignId", number,
-                               problems),
-            "primaryAttributeValueId": cast(_cell(cells, at.primary_id), self.primary_cast,
-                                            "primaryAttributeValueId", number, problems),
-            "primaryAttributeValue": _none_if_null(_cell(cells, at.primary_value)),
-        }
-        if at.action >= 0:
-            record["actionResult"] = _none_if_null(cells[at.action])
-        if at.attributes >= 0:
-            attributes = _parse_attributes(cells[at.attributes], number, problems)
-            record["attributes"] = attributes
-            for column, source, attribute_cast in self.attributes:
-                value = attributes.get(source) if attributes else None
-                record[column] = cast(value, attribute_cast, column, number, problems)
-        for column in self.dropped:
-            record.pop(column, None)
-        return record
+        """One row to a record (the REST path; files go through `bind`)."""
+        return self.bind(at, problems)(cells, number)
+
+    def bind(self, at: Columns, problems: Problems) -> Callable[[list[str], int], dict[str, Any]]:
+        """The row-to-record function for one file: column positions, casts and the
+        selection are looked up once per file, not once per row."""
+        guid, lead, date, campaign = at.guid, at.lead, at.date, at.campaign
+        primary_id, primary_value, action, attributes_at = (
+            at.primary_id, at.primary_value, at.action, at.attributes)
+        type_id, primary_cast, cast = self.type_id, self.primary_cast, self._cast
+        typed = [(column, source, PASSES_AS_IS.get(attribute_cast), attribute_cast)
+                 for column, source, attribute_cast in self.attributes]
+        dropped = self.dropped
+
+        def integer(cells: list[str], position: int, column: str, number: int) -> int | None:
+            if position < 0:
+                return None
+            value = cells[position]
+            if value == NULL:
+                return None
+            try:
+                return int(value)
+            except ValueError:
+                problems.cast_failed(self.stream, column, value, number)
+                return None
+
+        def record_of(cells: list[str], number: int) -> dict[str, Any]:
+            record: dict[str, Any] = {
+                "marketoGUID": cells[guid],
+                "leadId": integer(cells, lead, "leadId", number),
+                "activityDate": cells[date] if date >= 0 else None,
+                "activityTypeId": type_id,
+                "campaignId": integer(cells, campaign, "campaignId", number),
+                "primaryAttributeValueId": cast(
+                    cells[primary_id] if primary_id >= 0 else None, primary_cast,
+                    "primaryAttributeValueId", number, problems),
+                "primaryAttributeValue": _none_if_null(
+                    cells[primary_value] if primary_value >= 0 else None),
+            }
+            if action >= 0:
+                record["actionResult"] = _none_if_null(cells[action])
+            if attributes_at >= 0:
+                attributes = _parse_attributes(cells[attributes_at], number, problems)
+                record["attributes"] = attributes
+                for column, source, kinds, attribute_cast in typed:
+                    value = attributes.get(source) if attributes else None
+                    if value is None or (kinds and type(value) in kinds):
+                        record[column] = value  # JSON already typed it
+                    else:
+                        record[column] = cast(value, attribute_cast, column, number, problems)
+            for column in dropped:
+                record.pop(column, None)
+            return record
+
+        return record_of
 
     def _cast(self, value: Any, cast: Callable[[Any], Any], column: str, number: int,
               problems: Problems) -> Any:
@@ -315,7 +364,7 @@ def _parse_attributes(text: str | None, number: int, problems: Problems) -> dict
     if text is None or text == NULL or text == "":
         return None
     try:
-        value = json.loads(text)
+        value = _loads(text)
     except ValueError:
         problems.report("attributes is not valid JSON; kept as text under `_unparsed`", number)
         return {"_unparsed": text}
@@ -451,17 +500,22 @@ def read_records(
     for, or when none of the first rows has the header's number of cells. Call
     `check_whole` once the rows are read."""
     at, rows = _checked_rows(path, export_format, problems, renamed or {}, fields)
-    get = builders.get
+    # Keyed by the type cell's text: no int() per row.
+    bound = {str(type_id): (builder, builder.bind(at, problems) if builder else None)
+             for type_id, builder in builders.items()}
+    get = bound.get
+    type_at, guid_at = at.type_id, at.guid
     for number, cells in rows:
-        type_cell = cells[at.type_id]
-        builder = get(int(type_cell), _UNASKED) if type_cell.isdigit() else _UNASKED
-        if builder is None:
-            problems.not_needed += 1
+        type_cell = cells[type_at]
+        builder, record_of = get(type_cell, (_UNASKED, None))
+        if record_of is None:
+            if builder is None:
+                problems.not_needed += 1
+            else:
+                problems.report(UNASKED_TYPE, number, f"type {_shown(type_cell)!r}", limit=1)
             continue
-        if builder is _UNASKED:
-            problems.report(UNASKED_TYPE, number, f"type {_shown(type_cell)!r}", limit=1)
-            continue
-        if not cells[at.guid] or cells[at.guid] == NULL:
+        guid = cells[guid_at]
+        if not guid or guid == NULL:
             problems.report(NO_GUID, number)
             continue
-        yield builder, builder.build(cells, at, number, problems)
+        yield builder, record_of(cells, number)

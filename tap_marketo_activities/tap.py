@@ -65,26 +65,41 @@ class Terminated(BaseException):
 
 
 class RecordBufferingWriter(MsgSpecWriter):
-    """msgspec serialisation, and no flush after each RECORD: a flush per record is a
-    system call per record on a pipe. Every other message (SCHEMA, STATE) flushes, so a
-    state never reaches the target before the records it covers.
+    """msgspec serialisation, with RECORD messages gathered into large writes: a write per
+    record is a system call per record when stdout is unbuffered (PYTHONUNBUFFERED=1, set
+    in many containers). Every other message (SCHEMA, STATE, BATCH) is written out at once
+    with what came before it, so a state never reaches the target before its records.
 
     A signal that comes while a message is being written waits for the end of it: a
     message cut in the middle would be one unreadable line for the target."""
 
+    FLUSH_BYTES = 1 << 16
     writing = False
     deferred_signal: int | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending = bytearray()  # the serialiser reuses its own buffer: copy out of it
 
     def write_message(self, message: Message) -> None:
         self.writing = True
         try:
-            sys.stdout.buffer.write(self.format_message(message))
-            if not isinstance(message, RecordMessage):
-                sys.stdout.flush()
+            self._pending += self.format_message(message)
+            if not isinstance(message, RecordMessage) or len(self._pending) >= self.FLUSH_BYTES:
+                self.flush()
         finally:
             self.writing = False
         if self.deferred_signal is not None:
             raise Terminated(self.deferred_signal)
+
+    def flush(self) -> None:
+        data = memoryview(bytes(self._pending))
+        self._pending.clear()
+        out = sys.stdout.buffer
+        while data:  # a raw (unbuffered) stdout may take part of a write
+            written = out.write(data)
+            data = data[written if written is not None else len(data):]
+        sys.stdout.flush()
 
 
 class TapMarketoActivities(Tap):
@@ -218,6 +233,7 @@ class TapMarketoActivities(Tap):
             self._pass.run()
         finally:
             self._pass.close()
+            self.flush_output()
         self._log_summary(streams, time.monotonic() - started)
         for stream in streams:
             stream.log_sync_costs()
@@ -247,6 +263,15 @@ class TapMarketoActivities(Tap):
             logger.warning("%s", self._pass.stop_line())
             return  # a planned multi-day backfill: not a failure for the scheduler
         raise reason
+
+    def flush_output(self) -> None:
+        """Records still gathered for a large write go out (see RecordBufferingWriter)."""
+        writer = self.message_writer
+        if isinstance(writer, RecordBufferingWriter):
+            try:
+                writer.flush()
+            except OSError as exc:  # the target is gone (broken pipe)
+                logger.warning("Could not write the last records: %s", exc)
 
     def write_state_if_possible(self) -> None:
         try:

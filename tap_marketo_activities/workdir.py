@@ -1,8 +1,9 @@
 """The run's temporary folder for export files, and the sweep of those killed runs left.
 
 Each run holds an exclusive lock on a file inside its folder for as long as it lives; the
-kernel drops the lock when the process dies, however it dies. A folder whose lock can be
-taken belongs to no live run and is removed.
+kernel drops the lock when the process dies, however it dies. A folder of ours (its name
+and its lock file say so) whose lock can be taken belongs to no live run and is removed;
+nothing else in the temp folder is ever touched.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from typing import IO
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "tap-marketo-activities-"
-LOCK_NAME = ".lock"
-UNLOCKED_GRACE_SECONDS = 600  # a folder without a lock file may be a run just starting
+PREFIX = "tap-marketo-activities-run-"
+LOCK_NAME = "tap-marketo-activities.lock"
 LOCKING_GRACE_SECONDS = 1.0  # a new run locks its folder a moment after creating it
 
 
@@ -56,12 +56,9 @@ def sweep_stale(parent: Path) -> int:
 def _abandoned(folder: Path) -> bool:
     lock = folder / LOCK_NAME
     try:
-        age = time.time() - folder.stat().st_mtime
+        if not lock.is_file() or time.time() - folder.stat().st_mtime < LOCKING_GRACE_SECONDS:
+            return False
     except OSError:
-        return False
-    if not lock.exists():
-        return age > UNLOCKED_GRACE_SECONDS
-    if age < LOCKING_GRACE_SECONDS:
         return False
     try:
         with lock.open("rb") as handle:
