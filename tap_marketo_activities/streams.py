@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from singer_sdk import Stream
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.mapper import RemoveRecordTransform, SameRecordTransform
-from singer_sdk.singerlib import RecordMessage
 
+from tap_marketo_activities.output import RecordBufferingWriter, RecordFraming
 from tap_marketo_activities.records import REST_COLUMNS, Problems, RecordBuilder, rest_cells
 from tap_marketo_activities.schema import (
     ALWAYS_PRESENT,
@@ -86,15 +86,26 @@ class ActivityStream(Stream):
         return len(maps) == 1 and type(maps[0]) is SameRecordTransform and \
             not maps[0].flattening_enabled
 
-    def _generate_record_messages(self, record: dict) -> Iterator[RecordMessage]:
-        # The SDK's path copies each record to drop deselected fields and stamps each with
-        # the clock; RecordBuilder already built only the selected fields, and one
-        # extraction time per window is as true. Stream maps take the SDK's path.
-        if not self._plain_output:
-            yield from super()._generate_record_messages(record)
+    def _write_record_message(self, record: dict) -> None:
+        # The SDK's path copies each record to drop deselected fields, builds a message
+        # object and stamps it with the clock; RecordBuilder already built only the
+        # selected fields, and one extraction time per window is as true. Stream maps and
+        # flattening take the SDK's path.
+        writer = self._tap.message_writer
+        if not self._plain_output or not isinstance(writer, RecordBufferingWriter):
+            super()._write_record_message(record)
             return
-        yield RecordMessage(stream=self.name, record=record, version=None,
-                            time_extracted=self.extracted_at)
+        writer.write_record(self.framing, record)
+        self.state_manager.is_flushed = False
+
+    @property
+    def extracted_at(self) -> dt.datetime:
+        return self._extracted_at
+
+    @extracted_at.setter
+    def extracted_at(self, moment: dt.datetime) -> None:
+        self._extracted_at = moment
+        self.framing = RecordFraming(self.name, moment)
 
     @property
     def wanted(self) -> bool:

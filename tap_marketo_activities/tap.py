@@ -17,14 +17,12 @@ from types import FrameType
 from typing import Any, ClassVar
 
 from singer_sdk import Stream, Tap
-from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.exceptions import ConfigValidationError
 from singer_sdk.helpers.capabilities import (
     CapabilitiesEnum,
     PluginCapabilities,
     TapCapabilities,
 )
-from singer_sdk.singerlib import Message, RecordMessage
 
 from tap_marketo_activities.client import (
     FatalError,
@@ -33,6 +31,7 @@ from tap_marketo_activities.client import (
     Pacer,
     excerpt,
 )
+from tap_marketo_activities.output import RecordBufferingWriter, Terminated
 from tap_marketo_activities.records import FileRejected
 from tap_marketo_activities.schema import (
     DELETE_LEAD_TYPE_ID,
@@ -54,52 +53,6 @@ logger = logging.getLogger(__name__)
 
 TYPES_PATH = "/rest/v1/activities/types.json"
 ERROR_LINE_CHARS = 400  # the one ERROR line of a failure; the details are at DEBUG
-
-
-class Terminated(BaseException):
-    """SIGINT or SIGTERM: unwinds through every `except Exception`, like KeyboardInterrupt."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-class RecordBufferingWriter(MsgSpecWriter):
-    """msgspec serialisation, with RECORD messages gathered into large writes: a write per
-    record is a system call per record when stdout is unbuffered (PYTHONUNBUFFERED=1, set
-    in many containers). Every other message (SCHEMA, STATE, BATCH) is written out at once
-    with what came before it, so a state never reaches the target before its records.
-
-    A signal that comes while a message is being written waits for the end of it: a
-    message cut in the middle would be one unreadable line for the target."""
-
-    FLUSH_BYTES = 1 << 16
-    writing = False
-    deferred_signal: int | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._pending = bytearray()  # the serialiser reuses its own buffer: copy out of it
-
-    def write_message(self, message: Message) -> None:
-        self.writing = True
-        try:
-            self._pending += self.format_message(message)
-            if not isinstance(message, RecordMessage) or len(self._pending) >= self.FLUSH_BYTES:
-                self.flush()
-        finally:
-            self.writing = False
-        if self.deferred_signal is not None:
-            raise Terminated(self.deferred_signal)
-
-    def flush(self) -> None:
-        data = memoryview(bytes(self._pending))
-        self._pending.clear()
-        out = sys.stdout.buffer
-        while data:  # a raw (unbuffered) stdout may take part of a write
-            written = out.write(data)
-            data = data[written if written is not None else len(data):]
-        sys.stdout.flush()
 
 
 class TapMarketoActivities(Tap):
