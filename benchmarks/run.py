@@ -39,6 +39,7 @@ NO_LIMIT_MB = 100_000  # the tap's max_export_mb_per_day when the quota is not t
 SANDBOX_QUOTA = 1 << 40  # bytes: every run of a row exports its window again
 WINDOW_LINE = re.compile(r"Window \S+ \.\. \S+: (\d+) records? for")
 DOWNLOADED_LINE = re.compile(r"Export .*: downloaded (\d+) bytes")
+RATE_LIMIT_LINE = re.compile(r"Rate limit reached")
 CREATED_LINE = re.compile(r"Export .*: created ")
 
 # Attribute-rich activity types of the sandbox (6-10 attributes each, ~250-310 bytes of
@@ -132,7 +133,12 @@ class TapRun:
     records: int  # from the tap's "Window ..: N records" lines
 
     def lines(self, pattern: re.Pattern[str]) -> list[re.Match[str]]:
-        return [m for m in pattern.finditer(self.log)]
+        return list(pattern.finditer(self.log))
+
+    def warnings(self) -> list[str]:
+        """What makes a run's wall time say little about the tap."""
+        waits = len(RATE_LIMIT_LINE.findall(self.log))
+        return [f"!! the tap waited for Marketo's rate limit {waits} time(s)"] if waits else []
 
 
 class Tap:
@@ -174,9 +180,9 @@ class Tap:
 
     def run(self, extra: dict[str, Any] | None = None, state: dict[str, Any] | None = None,
             env: dict[str, str] | None = None, stdout: Any = subprocess.DEVNULL,
-            during: Callable[[], None] | None = None) -> TapRun:
+            during: Callable[[], None] | None = None, prefix: list[str] | None = None) -> TapRun:
         self.runs += 1
-        command = [str(TAP), "--config", str(self.write_config(extra or {})),
+        command = [*(prefix or []), str(TAP), "--config", str(self.write_config(extra or {})),
                    "--catalog", str(self.catalog)]
         if state is not None:
             state_path = self.workdir / f"state-{self.runs}.json"
@@ -310,7 +316,8 @@ def print_share(types: list[int]) -> None:
     print(hits / BODY_POOL)
 
 
-def record_row(shape: Shape, records: int, runs: int, workdir: Path) -> Row:
+def record_row(shape: Shape, records: int, runs: int, workdir: Path,
+               profile: int = 0) -> Row:
     """One day, one window, one job serving `shape.types`; the tap against the baseline."""
     per_day = math.ceil(records / share_of(shape.types))
     end = "2024-01-02T00:00:00Z"
@@ -337,6 +344,8 @@ def record_row(shape: Shape, records: int, runs: int, workdir: Path) -> Row:
             if measured.records != in_files or base_records != in_files:
                 row.notes.append(f"!! records differ: tap {measured.records:,}, baseline "
                                  f"{base_records:,}, files {in_files:,}")
+        if profile:
+            print_profile(tap, workdir / "tap.prof", profile)
     best, best_base = min(taps, key=lambda u: u.cpu), min(bases, key=lambda u: u.cpu)
     row.records = in_files
     row.tap_us, row.base_us = best.cpu / in_files * 1e6, best_base.cpu / in_files * 1e6
@@ -353,6 +362,16 @@ def record_row(shape: Shape, records: int, runs: int, workdir: Path) -> Row:
                         + f" RSS <= {RSS_GOAL_MB:.0f} MB")
     row.goal = "; ".join(verdicts)
     return row
+
+
+def print_profile(tap: Tap, path: Path, top: int) -> None:
+    """One more run under cProfile (not counted in the row), its top functions by
+    cumulative time."""
+    import pstats
+
+    tap.run(prefix=[sys.executable, "-m", "cProfile", "-o", str(path)])
+    print(f"== cProfile of one run (times inflated by the profiler), top {top} by cumtime")
+    pstats.Stats(str(path)).sort_stats("cumulative").print_stats(top)
 
 
 # -- temp disk --------------------------------------------------------------------------------
@@ -415,6 +434,7 @@ def disk_row(quick: bool, workdir: Path) -> Row:
     row.notes.append(f"peak temp disk {sampler.peak / MB:.2f} MB = {sampler.peak / largest:.2f}"
                      f"x the largest file, {sampler.peak / total:.2f}x all exports"
                      if largest else "no export downloaded")
+    row.notes += run.warnings()
     row.goal = ("OK" if sampler.peak <= bound else "MISSES") + \
         f" peak <= {in_queue} x largest ({bound / MB:.2f} MB)"
     return row
@@ -437,41 +457,42 @@ def schedule_rows(quick: bool, workdir: Path) -> list[Row]:
     end = iso_after(DAY_START, windows)
     ideal = math.ceil(windows / 2) * latency
     rows = []
-    runs = [("default (4), sizes seeded: no probe", {}, True),
-            ("default (4), no state: one-day probe first", {}, False),
+    # Each run has a sandbox of its own: one run's API calls must not use up the next one's
+    # 100 calls per 20 s. The first run, with no state, teaches the sizes the others get.
+    runs = [("default (4), no state: one-day probe first", {}, False),
+            ("default (4), sizes seeded: no probe", {}, True),
             ("max_jobs_in_queue 1, sizes seeded", {"max_jobs_in_queue": 1}, True)]
-    seeded: dict[str, Any] | None = None
+    seeded: dict[str, Any] = {}
     for number, (label, extra, seed) in enumerate(runs):
         folder = workdir / f"schedule-{number}"
         folder.mkdir()
+        out = folder / "stdout.jsonl"
         with SandboxProcess(folder, data_start=DAY_START, data_end=end,
                             activities_per_day=400, job_latency=latency,
                             processing_slots=2) as sandbox:
             tap = Tap(folder, sandbox, EIGHT_TYPES, end_date=end, window_days=1,
                       poll_interval_seconds=0.25)
-            if seed and seeded is None:
-                seeded = learnt_sizes(tap)  # a first run teaches the sizes, as it would
-            out = folder / "stdout.jsonl"
             with out.open("wb") as stdout:
                 run = tap.run(extra, state={"marketo_export_sizes": seeded} if seed else None,
                               stdout=stdout)
+        if not seed:
+            seeded = learnt_sizes(out)
         jobs = len(run.lines(CREATED_LINE))
-        least = ideal + (latency if not seed else 0.0)
+        # the probe window runs alone, the other windows two at a time after it
+        least = ideal if seed else latency + math.ceil((windows - 1) / 2) * latency
         row = Row(f"schedule: {label}")
         row.records, row.wall, row.rss_mb = run.records, run.usage.wall, run.usage.rss_mb
         row.notes.append(f"{jobs} jobs for {windows} windows x {len(EIGHT_TYPES)} types; "
                          f"least possible ceil({windows}/2) x {latency:g} s = {ideal:.1f} s"
-                         + ("" if seed else f" (+{latency:g} s probe = {least:.1f} s)")
+                         + ("" if seed else f"; with the probe alone first {least:.1f} s")
                          + f"; wall / least {run.usage.wall / least:.2f}x")
+        row.notes += run.warnings()
         rows.append(row)
     return rows
 
 
-def learnt_sizes(tap: Tap) -> dict[str, Any]:
-    """The marketo_export_sizes of the last STATE a full run writes."""
-    out = tap.workdir / "learn.jsonl"
-    with out.open("wb") as stdout:
-        tap.run(stdout=stdout)
+def learnt_sizes(out: Path) -> dict[str, Any]:
+    """The marketo_export_sizes of the last STATE message in a run's output."""
     sizes: dict[str, Any] = {}
     with out.open() as lines:
         for line in lines:
@@ -513,6 +534,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=None,
                         help=f"runs per CPU row, the minimum is kept (default {DEFAULT_RUNS}, "
                              "--quick 1)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after a CPU row's runs, run its tap once more under cProfile "
+                             "and print the top N functions by cumulative time")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--config-out", help=argparse.SUPPRESS)
     parser.add_argument("--baseline", nargs="+", help=argparse.SUPPRESS)
@@ -540,7 +564,8 @@ def main() -> None:
         for shape in SHAPES:
             if shape.name in wanted:
                 records = shape.quick_records if args.quick else shape.records
-                rows.append(record_row(shape, records, runs, make_dir(tmp, shape.name)))
+                rows.append(record_row(shape, records, runs, make_dir(tmp, shape.name),
+                                       args.profile))
                 print(f"  .. {shape.name} done ({time.monotonic() - started:.0f} s)",
                       flush=True)
         if "disk" in wanted:
