@@ -370,8 +370,11 @@ def print_profile(tap: Tap, path: Path, top: int) -> None:
     import pstats
 
     tap.run(prefix=[sys.executable, "-m", "cProfile", "-o", str(path)])
-    print(f"== cProfile of one run (times inflated by the profiler), top {top} by cumtime")
-    pstats.Stats(str(path)).sort_stats("cumulative").print_stats(top)
+    print(f"== cProfile of one run (wall-clock timer: waits for the job count; times "
+          f"inflated by the profiler), top {top} by cumtime, then by tottime")
+    stats = pstats.Stats(str(path))
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top)
 
 
 # -- temp disk --------------------------------------------------------------------------------
@@ -519,6 +522,26 @@ def print_table(rows: list[Row]) -> None:
             print(f"    {note}")
 
 
+def print_slope(rows: list[Row]) -> None:
+    """From the 100k and the 1M one-type rows: the cost of one more record and the fixed
+    cost of a run (start-up, the job, the download), tap and baseline."""
+    by_name = {row.shape.split(":")[0]: row for row in rows}
+    small, big = by_name.get("one_type"), by_name.get("one_type_1m")
+    if small is None or big is None or big.records <= small.records:
+        return
+    lines = []
+    for who, small_us, big_us in (("tap", small.tap_us, big.tap_us),
+                                  ("baseline", small.base_us, big.base_us)):
+        small_cpu, big_cpu = small_us * small.records / 1e6, big_us * big.records / 1e6
+        slope = (big_cpu - small_cpu) / (big.records - small.records)
+        lines.append((who, slope * 1e6, small_cpu - slope * small.records))
+    (_, tap_slope, tap_fixed), (_, base_slope, base_fixed) = lines
+    print(f"\none type, {small.records:,} vs {big.records:,} records: each more record costs "
+          f"the tap {tap_slope:.1f} us CPU, the baseline {base_slope:.1f} us (ratio "
+          f"{tap_slope / base_slope:.2f}); fixed CPU of a run: tap {tap_fixed:.2f} s, "
+          f"baseline {base_fixed:.2f} s")
+
+
 def fmt(value: float, digits: int) -> str:
     return "-" if math.isnan(value) else f"{value:.{digits}f}"
 
@@ -575,6 +598,7 @@ def main() -> None:
             rows += schedule_rows(args.quick, make_dir(tmp, "schedule"))
     print()
     print_table(rows)
+    print_slope(rows)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nbenchmark took {time.monotonic() - started:.0f} s; this process peaked at "
           f"{own:.0f} MB RSS (a child's peak RSS is never below its parent's at fork)")
