@@ -193,7 +193,7 @@ class OnePass:
         settings, client = self.settings, self.tap.client
         now = dt.datetime.now(dt.timezone.utc)
         quota = ExportQuota(settings.max_export_bytes_per_day, used_today(client, now),
-                            self.tap.state.get(SIZES_STATE_KEY))
+                            self.tap.raw_state.get(SIZES_STATE_KEY))
         logger.info("Bulk export quota: %s used today by this API user; this tap stops "
                     "before %s (max_export_mb_per_day).", mb(quota.used_bytes),
                     mb(quota.cap_bytes))
@@ -202,7 +202,7 @@ class OnePass:
                              settings.max_job_attempts)
         return ExportScheduler(client, jobs, self.folder.path, timings,
                                settings.max_jobs_in_queue, quota,
-                               self.tap.state.get(EXPORTS_STATE_KEY) or [],
+                               self.tap.raw_state.get(EXPORTS_STATE_KEY) or [],
                                settings.raw_files_dir, settings.heartbeat_seconds)
 
     def _window(self, planned: PlannedJob) -> bool:
@@ -307,7 +307,7 @@ class OnePass:
         if self.scheduler is None:
             return
         version, exports = self.scheduler.exports_for_state()
-        state = self.tap.state
+        state = self.tap.raw_state
         if exports:
             state[EXPORTS_STATE_KEY] = exports
         else:
