@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from singer_sdk.batch import Batcher
 from singer_sdk.exceptions import AbortedSyncFailedException, AbortedSyncPausedException
-from singer_sdk.helpers._batch import BatchConfig
 
 from tap_marketo_activities.client import MarketoError, QuotaExhausted
 from tap_marketo_activities.export import CompletedExport, JobTimings, used_today
@@ -46,6 +45,9 @@ from tap_marketo_activities.streams import ActivityStream
 from tap_marketo_activities.workdir import RunFolder
 
 if TYPE_CHECKING:
+    # Typing only: the SDK has no public path for it (tests/test_sdk_contract.py).
+    from singer_sdk.helpers._batch import BatchConfig
+
     from tap_marketo_activities.tap import TapMarketoActivities
 
 logger = logging.getLogger(__name__)
@@ -315,8 +317,6 @@ class OnePass:
         state[SIZES_STATE_KEY] = self.scheduler.quota.saved_rates()
         if not self.tap.dry_run:  # --test leaves no state that a run would start from
             self.tap.write_state_if_possible()
-            for feed in self.feeds.values():
-                feed.stream.state_manager.is_flushed = True
         self.scheduler.state_written(version)
 
     def _on_wait(self, planned: PlannedJob) -> None:
