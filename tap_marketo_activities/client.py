@@ -1,7 +1,7 @@
 """Marketo HTTP: authentication, the response envelope, error codes, pacing and retries.
 
-This module knows nothing of Singer. Every Marketo error code is mapped in `_raise_for_code`,
-and every retry goes through the one policy in `MarketoClient._send`.
+This module knows nothing of Singer. Every Marketo error code is mapped in `ERROR_CODES`,
+and every retry goes through the one policy in `MarketoClient._with_retries`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus, urlsplit
 
@@ -32,7 +33,6 @@ MARKETO_WINDOW_SECONDS = 20.0
 # slightly longer window so that the two never disagree about the 100th call.
 PACING_WINDOW_SECONDS = MARKETO_WINDOW_SECONDS + 1.0
 MARKETO_CONCURRENT_CALLS = 10
-TRANSIENT_CODES = {"604", "608", "611", "713"}
 QUICK_TIMEOUT = (3.0, 5.0)
 
 
@@ -100,39 +100,58 @@ def excerpt(text: str | bytes, limit: int = EXCERPT_CHARS) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def _raise_for_code(code: str, message: str) -> None:
+QUOTA_RESETS = ("It resets at midnight US Central time; run the tap again after that and it "
+                "resumes from its state.")
+
+
+@dataclass(frozen=True)
+class CodeRule:
+    """What one Marketo error code means: the exception raised, and what happens besides."""
+
+    error: type[MarketoError]
+    line: str = "{text}"  # the raised message: {text} is "Marketo error CODE: message"
+    forget_token: bool = False  # the token is dead: the retry signs in again
+    back_off_window: bool = False  # someone used the 20 s window: the pacer waits it out
+    when: str = ""  # only when Marketo's message holds this (lower case)
+
+
+# Every Marketo error code the tap tells apart; any other code is fatal. A code with
+# several rules is told apart by its message, first match wins.
+ERROR_CODES: dict[str, tuple[CodeRule, ...]] = {
+    "601": (CodeRule(TokenExpired, forget_token=True),),  # access token invalid
+    "602": (CodeRule(TokenExpired, forget_token=True),),  # access token expired
+    "603": (CodeRule(FatalError, "{text}. The API user lacks a permission: it needs "
+                     "'Read-Only Activity' (or 'Read-Write Activity'), and the instance's IP "
+                     "allow-list must admit this host."),),
+    "604": (CodeRule(RetriableError),),  # request timed out
+    "606": (CodeRule(RateLimited, back_off_window=True),),  # 100 calls per 20 s passed
+    "607": (CodeRule(QuotaExhausted, "Marketo's daily API call quota (607) is used up. "
+                     + QUOTA_RESETS),),
+    "608": (CodeRule(RetriableError),),  # API temporarily unavailable
+    "611": (CodeRule(RetriableError),),  # system error
+    "615": (CodeRule(RetriableError),),  # concurrent access limit reached
+    "713": (CodeRule(RetriableError),),  # transient error
+    "1029": (
+        CodeRule(QuotaExhausted, "Marketo's daily bulk export quota is used up ({message}). "
+                 + QUOTA_RESETS, when="quota"),
+        CodeRule(JobAlreadyQueued, when="already queued"),  # our retried enqueue did happen
+        CodeRule(QueueFull),  # too many jobs in queue
+    ),
+}
+UNKNOWN_CODE = CodeRule(FatalError)
+
+
+def rule_for(code: str, message: str) -> CodeRule:
+    lowered = message.lower()
+    return next((rule for rule in ERROR_CODES.get(code, ()) if rule.when in lowered),
+                UNKNOWN_CODE)
+
+
+def error_for(code: str, message: str, rule: CodeRule | None = None) -> MarketoError:
+    """The exception for an error code (`rule`: the one `rule_for` found)."""
+    rule = rule or rule_for(code, message)
     text = f"Marketo error {code}: {message}"
-    if code in ("601", "602"):
-        raise TokenExpired(text, code)
-    if code == "606":
-        raise RateLimited(text, code)
-    if code in TRANSIENT_CODES or code == "615":
-        raise RetriableError(text, code)
-    if code == "607":
-        raise QuotaExhausted(
-            "Marketo's daily API call quota (607) is used up. It resets at midnight US "
-            "Central time; run the tap again after that and it resumes from its state.",
-            code,
-        )
-    if code == "603":
-        raise FatalError(
-            f"{text}. The API user lacks a permission: it needs 'Read-Only Activity' (or "
-            "'Read-Write Activity'), and the instance's IP allow-list must admit this host.",
-            code,
-        )
-    if code == "1029":
-        lowered = message.lower()
-        if "quota" in lowered:
-            raise QuotaExhausted(
-                f"Marketo's daily bulk export quota is used up ({message}). It resets at "
-                "midnight US Central time; run the tap again after that and it resumes "
-                "from its state.",
-                code,
-            )
-        if "already queued" in lowered:
-            raise JobAlreadyQueued(text, code)
-        raise QueueFull(text, code)
-    raise FatalError(text, code)
+    return rule.error(rule.line.format(text=text, message=message), code)
 
 
 class Pacer:
@@ -363,6 +382,20 @@ class MarketoClient:
         anything (then the answer is odd, and retried)."""
         return self._send("GET", path, params=params, check=check)
 
+    def pages(self, path: str, params: Mapping[str, Any],
+              check: Callable[[Any], str | None] | None = None) -> Iterator[Any]:
+        """Every item of a listing paged by `nextPageToken`, page after page. A listing
+        that says `moreResult` goes on while it is true (a page may be empty); one that
+        does not, while pages are not empty and name a next page."""
+        while True:
+            envelope = self.get(path, params, check)
+            result = envelope.get("result") or []
+            yield from result
+            token, more = envelope.get("nextPageToken"), envelope.get("moreResult")
+            if not token or more is False or (more is None and not result):
+                return
+            params = {**params, "nextPageToken": token}
+
     def result(self, method: str, path: str, body: Any = None, *, once: bool = False,
                check: Callable[[dict[str, Any]], str | None] | None = None) -> dict[str, Any]:
         """The first item of `result`, which is how every export call answers: an object,
@@ -499,7 +532,6 @@ class MarketoClient:
             response.close()
             self._forget_token(token)
             raise TokenExpired(f"{method} {path} answered HTTP {response.status_code}")
-        response.token = token  # type: ignore[attr-defined]
         return response
 
     def _check_envelope(self, envelope: Any, response: requests.Response) -> None:
@@ -512,8 +544,14 @@ class MarketoClient:
                             "no success and no error code")
         code = str(errors[0].get("code"))
         message = self.redact(excerpt(str(errors[0].get("message", "")), 200))
-        if code in ("601", "602"):
-            self._forget_token(getattr(response, "token", ""))
-        if code == "606":
+        rule = rule_for(code, message)
+        if rule.forget_token:
+            self._forget_token(_token_of(response))
+        if rule.back_off_window:
             self.pacer.back_off_window()
-        _raise_for_code(code, message)
+        raise error_for(code, message, rule)
+
+
+def _token_of(response: requests.Response) -> str:
+    """The access token a call was sent with (its Authorization header)."""
+    return str(response.request.headers.get("Authorization", "")).removeprefix("Bearer ")

@@ -31,13 +31,13 @@ from tap_marketo_activities.client import (
 )
 from tap_marketo_activities.quota import central_midnight
 from tap_marketo_activities.records import FileRejected, check_file
+from tap_marketo_activities.schema import EXPORT_COLUMNS
 from tap_marketo_activities.settings import PrimaryFilter, isoformat
 
 logger = logging.getLogger(__name__)
 
 EXPORT_PATH = "/bulk/v1/activities/export"
-EXPORT_FIELDS = ("marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
-                 "primaryAttributeValueId", "primaryAttributeValue", "attributes", "actionResult")
+EXPORT_FIELDS = EXPORT_COLUMNS  # what a job asks for when no stream says less
 FIRST_POLL_SECONDS = 3.0
 POLL_GROWTH = 1.5
 QUEUE_FULL_WAIT_SECONDS = 30.0
@@ -45,6 +45,7 @@ FILE_NOT_READY_TRIES = 4  # Marketo has said Completed a moment before the file 
 DOWNLOAD_RESUMES = 20
 CHECKSUM_ATTEMPTS = 3
 CHUNK_BYTES = 1 << 20
+PAGE_SIZE = 300  # Marketo's most per page of a listing
 RUNNING_STATUSES = ("Created", "Queued", "Processing")  # a job in Marketo not finished yet
 FINAL_STATUSES = ("Completed", "Failed", "Cancelled")
 STATUSES = RUNNING_STATUSES + FINAL_STATUSES
@@ -107,7 +108,7 @@ class JobSpec:
 
     def key(self) -> dict[str, Any]:
         """What identifies this export for re-attaching to it in a later run."""
-        key = {"startAt": isoformat(self.start), "endAt": isoformat(self.end),
+        key: dict[str, Any] = {"startAt": isoformat(self.start), "endAt": isoformat(self.end),
                "activityTypeIds": list(self.type_ids), "fields": list(self.fields),
                "format": self.export_format}
         if self.primary_filter or self.header_names:
@@ -145,8 +146,6 @@ class StatusBoard:
     user's Created, Queued and Processing exports; a job missing from it has finished, and
     only then asks for its own status (which carries fileSize and fileChecksum)."""
 
-    IN_FLIGHT = ",".join(RUNNING_STATUSES)
-
     def __init__(self, client: MarketoClient, max_age: float = FIRST_POLL_SECONDS) -> None:
         self.client = client
         self.max_age = max_age
@@ -179,14 +178,8 @@ class StatusBoard:
 
 def list_exports(client: MarketoClient, statuses: Iterable[str]) -> Iterator[dict[str, Any]]:
     """This API user's activity exports of the past 7 days in these statuses, every page."""
-    params: dict[str, Any] = {"status": ",".join(statuses), "batchSize": 300}
-    while True:
-        envelope = client.get(f"{EXPORT_PATH}.json", params, listing_problem)
-        yield from envelope.get("result") or []
-        token = envelope.get("nextPageToken")
-        if not token or not envelope.get("result"):
-            return
-        params = {**params, "nextPageToken": token}
+    params = {"status": ",".join(statuses), "batchSize": PAGE_SIZE}
+    return client.pages(f"{EXPORT_PATH}.json", params, listing_problem)
 
 
 def used_today(client: MarketoClient, now: dt.datetime) -> int:

@@ -20,7 +20,7 @@ import logging
 import math
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,6 +29,7 @@ import msgspec
 from tap_marketo_activities.schema import (
     ALWAYS_PRESENT,
     BASE_COLUMNS,
+    EXPORT_COLUMNS,
     ColumnSpec,
     attribute_specs,
     primary_spec,
@@ -193,7 +194,8 @@ class Problems:
 
 
 class Columns(NamedTuple):
-    """Positions of the export's columns in one file (-1: not in this file)."""
+    """Positions of the export's columns in one file (-1: not in this file), field for field
+    in the order of EXPORT_COLUMNS."""
 
     guid: int
     lead: int
@@ -209,9 +211,7 @@ class Columns(NamedTuple):
     def from_header(cls, header: list[str], renamed: Mapping[str, str]) -> Columns:
         """`renamed`: field name -> the header text it was given (columnHeaderNames)."""
         where = {name: i for i, name in enumerate(field_names(header, renamed))}
-        names = ("marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
-                 "primaryAttributeValueId", "primaryAttributeValue", "attributes", "actionResult")
-        return cls(*(where.get(name, -1) for name in names))
+        return cls(*(where.get(name, -1) for name in EXPORT_COLUMNS))
 
 
 def field_names(header: list[str], renamed: Mapping[str, str]) -> list[str]:
@@ -345,9 +345,7 @@ def rest_cells(item: Mapping[str, Any]) -> list[str]:
     """A REST activity (Get Deleted Leads) laid out as an export row, so that one code
     path types both: attributes come as [{name, value}] there."""
     attributes = {a.get("name"): a.get("value") for a in item.get("attributes") or []}
-    values = [item.get(k) for k in ("marketoGUID", "leadId", "activityDate", "activityTypeId",
-                                    "campaignId", "primaryAttributeValueId",
-                                    "primaryAttributeValue")]
+    values = [item.get(k) for k in EXPORT_COLUMNS[:REST_COLUMNS.attributes]]
     cells = [NULL if v is None else str(v) for v in values]
     return [*cells, json.dumps(attributes, ensure_ascii=False), NULL]
 
@@ -382,7 +380,7 @@ def detect_delimiter(header_line: str, export_format: str) -> str:
 
 
 def read_rows(path: Path, export_format: str,
-              problems: Problems) -> Iterator[tuple[int, list[str]]]:
+              problems: Problems) -> Generator[tuple[int, list[str]], None, None]:
     """The header as row 0, then (row number, cells) for each data row, padded with `null`
     to the header's width."""
     seen_decode_errors = _decode_errors

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, TimeoutError, wait
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -495,7 +496,7 @@ class ExportScheduler:
         running = [p.future for p in self.jobs if p.job and not p.future.done()]
         wait(running, timeout=wait_seconds)
         cancels: list[Callable[[], Any]] = [job.cancel_if_running for job in self.in_flight()]
-        cancels += [lambda e=e: cancel_export(self.client, str(e["exportId"]), once=True)
+        cancels += [partial(cancel_export, self.client, str(e["exportId"]), once=True)
                     for e in self.earlier]
         self.earlier = []
         if cancels:

@@ -19,6 +19,11 @@ STREAM_PREFIX = "activities_"
 DELETE_LEAD_TYPE_ID = 37  # not exportable by bulk extract
 KEY = "marketoGUID"
 REPLICATION_KEY = "activityDate"
+# The columns of a bulk activity export, in the order a job asks for them (and the state
+# records them): every activity's base columns.
+EXPORT_COLUMNS = ("marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
+                  "primaryAttributeValueId", "primaryAttributeValue", "attributes",
+                  "actionResult")
 
 # Marketo dataType -> (JSON type, JSON format). Anything else is read as a string.
 DATA_TYPES: dict[str, tuple[str, str | None]] = {
@@ -48,7 +53,7 @@ def _nullable(json_type: str, fmt: str | None = None, **extra: Any) -> dict[str,
 
 
 def base_properties(type_id: int) -> dict[str, dict[str, Any]]:
-    """The columns every activity has, in the export file's own names."""
+    """The JSON schema of each of EXPORT_COLUMNS, in the export file's own names."""
     return {
         "marketoGUID": {"type": ["string"]},
         "leadId": _nullable("integer"),
@@ -62,7 +67,7 @@ def base_properties(type_id: int) -> dict[str, dict[str, Any]]:
     }
 
 
-BASE_COLUMNS = frozenset(base_properties(0))
+BASE_COLUMNS = frozenset(EXPORT_COLUMNS)
 # In every record and every export: the key, the replication key, and the routing column.
 ALWAYS_PRESENT = frozenset({KEY, REPLICATION_KEY, "activityTypeId"})
 

@@ -10,7 +10,7 @@ import datetime as dt
 import difflib
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +18,21 @@ from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
 
+from tap_marketo_activities.quota import MB
+
 MAX_WINDOW_DAYS = 31  # Marketo refuses a createdAt range over 31 days
 EXPORT_FORMATS = ("CSV", "TSV", "SSV")
 BACKFILL_ORDERS = ("oldest_first", "newest_first")
 
-# Numbers may come as text: the SDK passes environment variables of number settings as is.
-NUMBER = th.CustomType({"type": ["number", "string"]})
 
+def _number_type(minimum: float, maximum: float) -> th.CustomType:
+    # Numbers may come as text: the SDK passes environment variables of number settings as
+    # is. JSON schema applies the range to numbers only; parse_settings checks text too.
+    return th.CustomType({"type": ["number", "string"], "minimum": minimum, "maximum": maximum})
+
+
+# Each setting's default, range and choices are declared here only: parse_settings reads
+# them back from this schema.
 CONFIG_SCHEMA = th.PropertiesList(
     th.Property("client_id", th.StringType, required=True, title="Client ID",
                 description="Client ID of the LaunchPoint API service (Admin > LaunchPoint "
@@ -41,37 +49,44 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property("end_date", th.StringType, title="End date",
                 description="Sync activities created before this date or datetime. "
                             "Default: now."),
-    th.Property("window_days", th.IntegerType, default=31, title="Window (days)",
-                description="Width of one export job's createdAt window, 1 to 31."),
+    th.Property("window_days", th.IntegerType(minimum=1, maximum=MAX_WINDOW_DAYS),
+                default=MAX_WINDOW_DAYS, title="Window (days)",
+                description=f"Width of one export job's createdAt window, 1 to "
+                            f"{MAX_WINDOW_DAYS}."),
     th.Property("activity_type_ids", th.ArrayType(th.IntegerType), title="Activity type ids",
                 description="Offer only these activity types as streams. Default: all."),
-    th.Property("poll_interval_seconds", NUMBER, default=60, title="Poll interval",
+    th.Property("poll_interval_seconds", _number_type(0.01, 3600), default=60,
+                title="Poll interval",
                 description="Longest wait between two status polls of a job. The first poll "
                             "comes after a few seconds and the wait grows to this."),
-    th.Property("job_timeout_seconds", NUMBER, default=3 * 3600, title="Job timeout",
+    th.Property("job_timeout_seconds", _number_type(1, 7 * 86400), default=3 * 3600,
+                title="Job timeout",
                 description="A job not Completed this long after it was enqueued is "
                             "cancelled and created again once, then the sync fails."),
-    th.Property("max_jobs_in_queue", th.IntegerType, default=4, title="Jobs in queue",
+    th.Property("max_jobs_in_queue", th.IntegerType(minimum=1, maximum=10), default=4,
+                title="Jobs in queue",
                 description="Most of this tap's export jobs Queued or Processing at once, 1 "
                             "to 10 (Marketo allows 10 per instance, shared with other tools "
                             "and processes 2 at a time)."),
-    th.Property("max_export_mb_per_day", NUMBER, default=400, title="Export MB per day",
+    th.Property("max_export_mb_per_day", _number_type(0.001, 100_000), default=400,
+                title="Export MB per day",
                 description="Stop cleanly before this tap's exports of the day (US Central) "
                             "would pass this many MB. Marketo's 500 MB is shared by every "
                             "bulk export of the instance."),
-    th.Property("api_limit_share", NUMBER, default=0.8, title="Share of API limits",
+    th.Property("api_limit_share", _number_type(0.1, 1), default=0.8, title="Share of API limits",
                 description="Fraction (0.1 to 1) of Marketo's 100 calls per 20 s and 10 "
                             "concurrent calls that this tap may use."),
-    th.Property("request_timeout_seconds", NUMBER, default=120,
+    th.Property("request_timeout_seconds", _number_type(0.1, 3600), default=120,
                 title="Request timeout",
                 description="Read timeout of one HTTP call; a stalled download resumes."),
-    th.Property("max_retry_seconds", NUMBER, default=300, title="Retry budget",
+    th.Property("max_retry_seconds", _number_type(0, 86400), default=300, title="Retry budget",
                 description="How long one call is retried through transient errors before "
                             "the sync fails."),
-    th.Property("max_job_attempts", th.IntegerType, default=3, title="Job attempts",
+    th.Property("max_job_attempts", th.IntegerType(minimum=1, maximum=10), default=3,
+                title="Job attempts",
                 description="How often a window's job is created again after it Failed."),
-    th.Property("export_format", th.StringType, default="CSV", allowed_values=EXPORT_FORMATS,
-                title="Export format",
+    th.Property("export_format", th.StringType, default=EXPORT_FORMATS[0],
+                allowed_values=list(EXPORT_FORMATS), title="Export format",
                 description="File format Marketo writes: CSV, TSV or SSV. Records are the "
                             "same; it matters for raw files kept with raw_files_dir."),
     th.Property(
@@ -86,12 +101,12 @@ CONFIG_SCHEMA = th.PropertiesList(
                     "{\"ids\": [1001]}}. Types 2 (form), 13 and 22 (lead field), 24 and 25 "
                     "(static list) and 104 (program); at most 50 ids or values, not both.",
     ),
-    th.Property("backfill_order", th.StringType, default="oldest_first",
-                allowed_values=BACKFILL_ORDERS, title="Backfill order",
+    th.Property("backfill_order", th.StringType, default=BACKFILL_ORDERS[0],
+                allowed_values=list(BACKFILL_ORDERS), title="Backfill order",
                 description="oldest_first: windows from start_date on. newest_first: the "
                             "newest windows first, then backward to start_date; every later "
                             "run first brings what is new, then goes on backward."),
-    th.Property("heartbeat_seconds", NUMBER, default=60, title="Heartbeat",
+    th.Property("heartbeat_seconds", _number_type(1, 3600), default=60, title="Heartbeat",
                 description="While export jobs are queued or processing, an INFO line this "
                             "often says what each is doing and the time left."),
     th.Property("raw_files_dir", th.StringType, title="Raw files folder",
@@ -103,6 +118,7 @@ CONFIG_SCHEMA = th.PropertiesList(
                 description="Header names for the raw files, e.g. {\"attributes\": "
                             "\"Secondary Attributes\"} (Marketo's columnHeaderNames)."),
 ).to_dict()
+PROPERTIES: Mapping[str, Mapping[str, Any]] = CONFIG_SCHEMA["properties"]
 
 # Activity types whose exports Marketo lets filter by primary attribute, and what it is.
 FILTERABLE = {2: "form", 13: "lead field", 22: "lead field", 24: "static list",
@@ -144,9 +160,9 @@ class Settings:
     request_timeout: float
     max_retry_seconds: float
     max_job_attempts: int
-    export_format: str = "CSV"
-    backfill_order: str = "oldest_first"
-    heartbeat_seconds: float = 60.0
+    export_format: str
+    backfill_order: str
+    heartbeat_seconds: float
     primary_filters: Mapping[int, PrimaryFilter] = field(default_factory=dict)
     raw_files_dir: Path | None = None
     column_header_names: Mapping[str, str] = field(default_factory=dict)
@@ -199,11 +215,13 @@ def parse_instant(name: str, value: Any) -> dt.datetime:
     return parsed.astimezone(dt.timezone.utc).replace(microsecond=0)
 
 
-def _number(config: Mapping[str, Any], name: str, low: float, high: float,
-            default: float) -> float:
+def _number(config: Mapping[str, Any], name: str) -> float:
+    """A number setting, in the range and with the default CONFIG_SCHEMA declares."""
+    prop = PROPERTIES[name]
+    low, high, default = prop["minimum"], prop["maximum"], prop["default"]
     value = config.get(name, default)
     if value is None:
-        return default
+        return float(default)
     # The SDK reads JSON numbers as Decimal, and environment variables as text.
     try:
         number = None if isinstance(value, bool) else float(value)
@@ -212,6 +230,22 @@ def _number(config: Mapping[str, Any], name: str, low: float, high: float,
     if number is None or not low <= number <= high:
         raise SettingsError(f"{name} is {value!r}; it accepts a number from {low:g} to {high:g}.")
     return number
+
+
+def _integer(config: Mapping[str, Any], name: str) -> int:
+    return int(_number(config, name))
+
+
+def _choice(config: Mapping[str, Any], name: str, normal: Callable[[str], str]) -> str:
+    """One of the setting's `enum` (matched after `normal`), or its default."""
+    prop = PROPERTIES[name]
+    value = config.get(name)
+    text = normal(str(value)) if value else str(prop["default"])
+    allowed = [str(choice) for choice in prop["enum"]]
+    if text not in allowed:
+        choices = ", ".join(allowed[:-1]) + f" or {allowed[-1]}"
+        raise SettingsError(f"{name} is {value!r}; it accepts {choices}.")
+    return text
 
 
 def parse_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> Settings:
@@ -242,20 +276,19 @@ def parse_settings(config: Mapping[str, Any], now: dt.datetime | None = None) ->
         client_secret=str(config["client_secret"]),
         start=start,
         end=end,
-        window_days=int(_number(config, "window_days", 1, MAX_WINDOW_DAYS, 31)),
+        window_days=_integer(config, "window_days"),
         activity_type_ids=tuple(type_ids) if type_ids else None,
-        poll_interval=_number(config, "poll_interval_seconds", 0.01, 3600, 60),
-        job_timeout=_number(config, "job_timeout_seconds", 1, 7 * 86400, 3 * 3600),
-        max_jobs_in_queue=int(_number(config, "max_jobs_in_queue", 1, 10, 4)),
-        max_export_bytes_per_day=_number(config, "max_export_mb_per_day", 0.001, 100_000, 400)
-        * 1024 * 1024,
-        api_limit_share=_number(config, "api_limit_share", 0.1, 1, 0.8),
-        request_timeout=_number(config, "request_timeout_seconds", 0.1, 3600, 120),
-        max_retry_seconds=_number(config, "max_retry_seconds", 0, 86400, 300),
-        max_job_attempts=int(_number(config, "max_job_attempts", 1, 10, 3)),
-        export_format=_export_format(config.get("export_format")),
-        backfill_order=_backfill_order(config.get("backfill_order")),
-        heartbeat_seconds=_number(config, "heartbeat_seconds", 1, 3600, 60),
+        poll_interval=_number(config, "poll_interval_seconds"),
+        job_timeout=_number(config, "job_timeout_seconds"),
+        max_jobs_in_queue=_integer(config, "max_jobs_in_queue"),
+        max_export_bytes_per_day=_number(config, "max_export_mb_per_day") * MB,
+        api_limit_share=_number(config, "api_limit_share"),
+        request_timeout=_number(config, "request_timeout_seconds"),
+        max_retry_seconds=_number(config, "max_retry_seconds"),
+        max_job_attempts=_integer(config, "max_job_attempts"),
+        export_format=_choice(config, "export_format", str.upper),
+        backfill_order=_choice(config, "backfill_order", str.lower),
+        heartbeat_seconds=_number(config, "heartbeat_seconds"),
         primary_filters=parse_primary_filters(config.get("primary_attribute_filters")),
         raw_files_dir=_writable_folder("raw_files_dir", config.get("raw_files_dir")),
         column_header_names=_header_names(config.get("raw_files_column_header_names")),
@@ -285,21 +318,6 @@ def unknown_settings(config: Mapping[str, Any], schema: Mapping[str, Any]
     known = list(schema.get("properties", {}))
     return [(name, next(iter(difflib.get_close_matches(name, known, n=1)), None))
             for name in config if name not in known and not name.startswith("_")]
-
-
-def _export_format(value: Any) -> str:
-    text = str(value or "CSV").upper()
-    if text not in EXPORT_FORMATS:
-        raise SettingsError(f"export_format is {value!r}; it accepts CSV, TSV or SSV.")
-    return text
-
-
-def _backfill_order(value: Any) -> str:
-    text = str(value or BACKFILL_ORDERS[0]).lower()
-    if text not in BACKFILL_ORDERS:
-        raise SettingsError(f"backfill_order is {value!r}; it accepts "
-                            f"{' or '.join(BACKFILL_ORDERS)}.")
-    return text
 
 
 def _header_names(value: Any) -> dict[str, str]:

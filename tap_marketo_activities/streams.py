@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 from singer_sdk import Stream
 from singer_sdk.helpers.conform import TypeConformanceLevel
@@ -33,9 +33,8 @@ from tap_marketo_activities.schema import (
 from tap_marketo_activities.settings import Settings, isoformat, parse_instant
 
 if TYPE_CHECKING:
-    from singer_sdk import Tap
-
     from tap_marketo_activities.client import MarketoClient
+    from tap_marketo_activities.tap import TapMarketoActivities
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +47,17 @@ LOW_EDGE = "covered_from"  # the oldest instant a newest-first backfill has reac
 class MarketoTap(Protocol):
     """What a stream needs of the tap."""
 
-    settings: Settings
-    client: MarketoClient
-    dry_run: bool
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def client(self) -> MarketoClient: ...
+
+    @property
+    def dry_run(self) -> bool: ...
+
+    @property
+    def message_writer(self) -> Any: ...
 
 
 class ActivityStream(Stream):
@@ -64,17 +71,14 @@ class ActivityStream(Stream):
     # SDK's conformance pass would only cost time.
     TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE
 
-    def __init__(self, tap: Tap, name: str, schema: dict[str, Any]) -> None:
+    def __init__(self, tap: TapMarketoActivities, name: str, schema: dict[str, Any]) -> None:
         super().__init__(tap, schema=schema, name=name)
+        self.marketo: MarketoTap = tap
         self.type_id = type_id_of(schema)
         self.windows_done = 0
         self.records_written = 0
         self.fed: dict[str, Any] | None = None  # the record the one pass hands over next
         self.extracted_at = dt.datetime.now(dt.timezone.utc)
-
-    @property
-    def marketo(self) -> MarketoTap:
-        return cast("MarketoTap", self._tap)
 
     def generate_child_contexts(self, record: dict, context: Any) -> Iterable[Any]:
         return ()  # no child streams: spare the SDK a copy of every record
@@ -91,7 +95,7 @@ class ActivityStream(Stream):
         # object and stamps it with the clock; RecordBuilder already built only the
         # selected fields, and one extraction time per window is as true. Stream maps and
         # flattening take the SDK's path.
-        writer = self._tap.message_writer
+        writer = self.marketo.message_writer
         if not self._plain_output or not isinstance(writer, RecordBufferingWriter):
             super()._write_record_message(record)
             return
@@ -163,7 +167,7 @@ class ActivityStream(Stream):
                 isoformat(upper)
         self.windows_done += 1
 
-    def get_records(self, context: dict | None) -> Iterable[dict[str, Any]]:
+    def get_records(self, context: Mapping[str, Any] | None) -> Iterable[dict[str, Any]]:
         """The records the one pass feeds, one per resumption (sync.StreamFeed)."""
         while (record := self.fed) is not None:
             yield record
@@ -178,7 +182,7 @@ class DeletedLeadStream(ActivityStream):
 
     bulk = False
 
-    def get_records(self, context: dict | None) -> Iterable[dict[str, Any]]:
+    def get_records(self, context: Mapping[str, Any] | None) -> Iterable[dict[str, Any]]:
         if not self.wanted:
             return
         settings, client = self.marketo.settings, self.marketo.client
@@ -191,16 +195,13 @@ class DeletedLeadStream(ActivityStream):
         end = isoformat(settings.end)
         builder = self.builder()
         problems = Problems(self.name)
-        token = client.get(PAGING_TOKEN_PATH, {"sinceDatetime": isoformat(since)})
-        page = {"nextPageToken": token.get("nextPageToken"), "moreResult": True}
-        number = 0
-        while page.get("moreResult") and page.get("nextPageToken"):
-            page = client.get(DELETED_LEADS_PATH, {"nextPageToken": page["nextPageToken"],
-                                                   "batchSize": 300})
-            for item in page.get("result") or []:
-                number += 1
-                if str(item.get("activityDate", "")) < end:
-                    self.records_written += 1
-                    yield builder.build(rest_cells(item), REST_COLUMNS, number, problems)
+        first = client.get(PAGING_TOKEN_PATH, {"sinceDatetime": isoformat(since)})
+        token = first.get("nextPageToken")
+        items = client.pages(DELETED_LEADS_PATH, {"nextPageToken": token, "batchSize": 300}) \
+            if token else iter(())
+        for number, item in enumerate(items, 1):
+            if str(item.get("activityDate", "")) < end:
+                self.records_written += 1
+                yield builder.build(rest_cells(item), REST_COLUMNS, number, problems)
         if not self.marketo.dry_run:  # --test reads one record: that covers nothing
             self.covered(since, settings.end)

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from singer_sdk.batch import Batcher
 from singer_sdk.exceptions import AbortedSyncFailedException, AbortedSyncPausedException
-from singer_sdk.helpers._batch import BatchConfig
 
 from tap_marketo_activities.client import MarketoError, QuotaExhausted
 from tap_marketo_activities.export import CompletedExport, JobTimings, used_today
@@ -46,6 +45,9 @@ from tap_marketo_activities.streams import ActivityStream
 from tap_marketo_activities.workdir import RunFolder
 
 if TYPE_CHECKING:
+    # Typing only: the SDK has no public path for it (tests/test_sdk_contract.py).
+    from singer_sdk.helpers._batch import BatchConfig
+
     from tap_marketo_activities.tap import TapMarketoActivities
 
 logger = logging.getLogger(__name__)
@@ -193,7 +195,7 @@ class OnePass:
         settings, client = self.settings, self.tap.client
         now = dt.datetime.now(dt.timezone.utc)
         quota = ExportQuota(settings.max_export_bytes_per_day, used_today(client, now),
-                            self.tap.state.get(SIZES_STATE_KEY))
+                            self.tap.raw_state.get(SIZES_STATE_KEY))
         logger.info("Bulk export quota: %s used today by this API user; this tap stops "
                     "before %s (max_export_mb_per_day).", mb(quota.used_bytes),
                     mb(quota.cap_bytes))
@@ -202,7 +204,7 @@ class OnePass:
                              settings.max_job_attempts)
         return ExportScheduler(client, jobs, self.folder.path, timings,
                                settings.max_jobs_in_queue, quota,
-                               self.tap.state.get(EXPORTS_STATE_KEY) or [],
+                               self.tap.raw_state.get(EXPORTS_STATE_KEY) or [],
                                settings.raw_files_dir, settings.heartbeat_seconds)
 
     def _window(self, planned: PlannedJob) -> bool:
@@ -307,7 +309,7 @@ class OnePass:
         if self.scheduler is None:
             return
         version, exports = self.scheduler.exports_for_state()
-        state = self.tap.state
+        state = self.tap.raw_state
         if exports:
             state[EXPORTS_STATE_KEY] = exports
         else:
@@ -315,8 +317,6 @@ class OnePass:
         state[SIZES_STATE_KEY] = self.scheduler.quota.saved_rates()
         if not self.tap.dry_run:  # --test leaves no state that a run would start from
             self.tap.write_state_if_possible()
-            for feed in self.feeds.values():
-                feed.stream.state_manager.is_flushed = True
         self.scheduler.state_written(version)
 
     def _on_wait(self, planned: PlannedJob) -> None:

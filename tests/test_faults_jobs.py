@@ -4,6 +4,7 @@ broken downloads): everything delivered, or a clean stop the next run finishes f
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (
@@ -20,7 +21,7 @@ from conftest import (
 from tap_marketo_activities.sandbox import Sandbox
 
 # (faults, tap settings, what the log shows, what the sandbox's jobs show)
-RECOVERABLE = {
+RECOVERABLE: dict[str, tuple[dict[str, Any], dict[str, Any], str, tuple[str, int] | None]] = {
     "stalled calls time out and are retried": (
         {"stall_seconds": 5, "stall_rate": 0.1}, {"request_timeout_seconds": 1},
         "Retrying", None),

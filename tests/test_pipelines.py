@@ -292,7 +292,8 @@ def postgres_runs(box: Sandbox, pg: Postgres, streams: Streams,
     target-postgres upserts on the key, which would hide a record delivered twice: a
     loader-side stream map drops the key properties, so that every row is appended."""
     tmp = tmp_path_factory.mktemp("meltano-postgres")
-    no_keys = {stream: {"__key_properties__": []} for stream in streams.schemas}
+    no_keys: dict[str, dict[str, list[str]]] = {stream: {"__key_properties__": []}
+                                                for stream in streams.schemas}
     env = {**pg.target_env("marketo"), "TARGET_POSTGRES_STREAM_MAPS": json.dumps(no_keys)}
     meltano_run(tmp, "target-postgres", {**tap_env(box, MID), **env})
     first = {"counts": pg.counts("marketo"),
@@ -319,7 +320,7 @@ def test_meltano_postgres_columns_are_typed(postgres_runs: dict[str, Any], pg: P
         (t, c): d for t, c, d in pg.run_sql(
             "SELECT table_name, column_name, data_type FROM information_schema.columns "
             "WHERE table_schema = 'marketo'")}
-    checked = Counter()
+    checked: Counter[str] = Counter()
     for stream, schema in streams.schemas.items():
         for column, prop in schema["properties"].items():
             assert columns[(stream, column)] in pg_type_expected(prop), (stream, column, prop)

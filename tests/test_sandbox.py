@@ -62,7 +62,7 @@ def parse_row(row: dict[str, str], types: dict[int, dict[str, Any]]) -> dict[str
         return None if text == "null" else text
 
     type_id = int(row["activityTypeId"])
-    primary_id = nullable(row["primaryAttributeValueId"])
+    primary_id: str | int | None = nullable(row["primaryAttributeValueId"])
     primary_type = types[type_id].get("primaryAttribute", {}).get("dataType")
     if primary_id is not None and primary_type == "integer":
         primary_id = int(primary_id)

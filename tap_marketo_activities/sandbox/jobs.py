@@ -149,7 +149,7 @@ def parse_primary(filt: dict[str, Any], type_ids: list[int] | None
                                "asset group (13/22, 104, 24/25 or 2)")
     if ids is not None:
         return frozenset(_int_list(ids, "primaryAttributeValueIds")), None
-    if not all(isinstance(v, str) for v in values):
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise ApiError("1003", "primaryAttributeValues must be strings")
     return None, frozenset(values)
 

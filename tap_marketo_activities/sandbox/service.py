@@ -298,8 +298,8 @@ class Service:
         if request.body and "json" not in request.headers.get("content-type", ""):
             params.update(form_fields(request.body))
         if params.get("grant_type") != "client_credentials":
-            body = {"error": "unsupported_grant_type",
-                    "error_description": "grant_type must be client_credentials"}
+            body: dict[str, Any] = {"error": "unsupported_grant_type",
+                                    "error_description": "grant_type must be client_credentials"}
             return Reply(status=400, body=json.dumps(body).encode())
         if (params.get("client_id") != self.settings.client_id
                 or params.get("client_secret") != self.settings.client_secret):
