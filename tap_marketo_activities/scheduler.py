@@ -1,11 +1,13 @@
 """Windows and the job schedule: which export jobs a sync needs, and running them ahead.
 
-Windows line up on one grid for every stream: the grid starts at the earliest stream start
-and steps by `window_days`. A stream whose bookmark falls inside a grid window gets one
-shorter first window up to the next grid line (shared with every stream of the same
-bookmark); from there on it shares the grid windows, and so one job per window serves all
-streams. A stream therefore never receives a row from before its own bookmark. Windows
-that go backward in time (`backfill_order: newest_first`) are the same grid, mirrored.
+Windows line up on one grid for every stream and every run: the grid starts at
+`start_date` and steps by `window_days`, so that a run after a crash plans the very
+windows the crashed run had jobs for, and re-uses them. A stream whose bookmark falls
+inside a grid window gets one shorter first window up to the next grid line (shared with
+every stream of the same bookmark); from there on it shares the grid windows, and so one
+job per window serves all streams. A stream therefore never receives a row from before
+its own bookmark. Windows that go backward in time (`backfill_order: newest_first`) are
+the same grid, mirrored.
 
 The scheduler starts jobs in window order, at most `max_jobs_in_queue` of them ahead of the
 window whose records are being written (so temp disk holds at most that many files), each
@@ -83,12 +85,14 @@ def export_key(export: Mapping) -> str:
 
 
 def grid_windows(
-    starts: Mapping[str, dt.datetime], end: dt.datetime, width: dt.timedelta
+    starts: Mapping[str, dt.datetime], end: dt.datetime, width: dt.timedelta,
+    anchor: dt.datetime | None = None,
 ) -> dict[str, list[Window]]:
-    """Each stream's windows from its start to `end`, aligned on one grid (module doc)."""
+    """Each stream's windows from its start to `end`, aligned on one grid through `anchor`
+    (default: the earliest start; module doc)."""
     if not starts:
         return {}
-    anchor = min(starts.values())
+    anchor = min(starts.values()) if anchor is None else anchor
     plans: dict[str, list[Window]] = {}
     for stream, start in starts.items():
         windows = []
@@ -104,16 +108,18 @@ def grid_windows(
 
 
 def backward_windows(
-    ends: Mapping[str, dt.datetime], start: dt.datetime, width: dt.timedelta
+    ends: Mapping[str, dt.datetime], start: dt.datetime, width: dt.timedelta,
+    anchor: dt.datetime | None = None,
 ) -> dict[str, list[Window]]:
     """Each stream's windows from its end back to `start`, newest first: the grid of
-    `grid_windows` run on mirrored time."""
+    `grid_windows` run on mirrored time (through `anchor`, default the latest end)."""
     epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
     def mirror(moment: dt.datetime) -> dt.datetime:
         return epoch + (epoch - moment) + dt.timedelta(days=365 * 400)
 
-    mirrored = grid_windows({s: mirror(e) for s, e in ends.items()}, mirror(start), width)
+    mirrored = grid_windows({s: mirror(e) for s, e in ends.items()}, mirror(start), width,
+                            None if anchor is None else mirror(anchor))
     return {s: [(mirror(b), mirror(a)) for a, b in windows] for s, windows in mirrored.items()}
 
 
@@ -125,6 +131,7 @@ def plan_jobs(
     fields: Mapping[str, set[str]] | None = None,
     filters: Mapping[str, PrimaryFilter | None] | None = None,
     direction: str = FORWARD,
+    anchor: dt.datetime | None = None,
     **spec_options: Any,
 ) -> list[PlannedJob]:
     """One job per distinct window, serving every stream that needs that window, asking
@@ -133,9 +140,9 @@ def plan_jobs(
     type of a job). Going BACKWARD, `starts` are each stream's upper edge and `end` the
     lower bound. `spec_options` go to every JobSpec (format, header names)."""
     if direction == FORWARD:
-        windows = grid_windows(starts, end, width)
+        windows = grid_windows(starts, end, width, anchor)
     else:
-        windows = backward_windows(starts, end, width)
+        windows = backward_windows(starts, end, width, anchor)
     by_window: dict[tuple, list[str]] = {}
     for stream, stream_windows in windows.items():
         primary = (filters or {}).get(stream)

@@ -78,6 +78,7 @@ def plan(streams: list[ActivityStream], settings: Settings) -> list[PlannedJob]:
     common: dict[str, Any] = {
         "type_ids": {s.name: s.type_id for s in streams},
         "width": dt.timedelta(days=settings.window_days),
+        "anchor": settings.start,  # the same grid in every run: a crashed run's jobs fit
         "fields": {s.name: s.export_fields() for s in streams},
         "filters": {s.name: settings.primary_filters.get(s.type_id) for s in streams},
         "export_format": settings.export_format,

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import IO
 
@@ -21,7 +20,6 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "tap-marketo-activities-run-"
 LOCK_NAME = "tap-marketo-activities.lock"
-LOCKING_GRACE_SECONDS = 1.0  # a new run locks its folder a moment after creating it
 
 
 class RunFolder:
@@ -33,8 +31,11 @@ class RunFolder:
             logger.info("Removed %d temp folder%s left by earlier killed runs.", removed,
                         "s" if removed != 1 else "")
         self.path = Path(tempfile.mkdtemp(prefix=PREFIX))
-        self._lock: IO[bytes] | None = (self.path / LOCK_NAME).open("wb")
+        # Locked before it takes its name: a sweep never sees our lock file unlocked.
+        locking = self.path / f"{LOCK_NAME}.new"
+        self._lock: IO[bytes] | None = locking.open("wb")
         fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locking.rename(self.path / LOCK_NAME)
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -55,11 +56,8 @@ def sweep_stale(parent: Path) -> int:
 
 def _abandoned(folder: Path) -> bool:
     lock = folder / LOCK_NAME
-    try:
-        if not lock.is_file() or time.time() - folder.stat().st_mtime < LOCKING_GRACE_SECONDS:
-            return False
-    except OSError:
-        return False
+    if not lock.is_file():
+        return False  # not ours, or a run that has not locked it yet
     try:
         with lock.open("rb") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
