@@ -293,7 +293,7 @@ class ExportScheduler:
         with self._cond:
             left = 0.0
             for planned in self.jobs:
-                if planned.future.done() or planned.emitted:
+                if planned.emitted or _exported(planned):
                     continue
                 estimate = self.quota.estimate(planned.size_keys, planned.seconds)
                 if estimate is None:
@@ -346,9 +346,7 @@ class ExportScheduler:
         if estimate is None:
             if self._learning():
                 return "wait"  # the probe, or re-used jobs of unknown size, come first
-            self._cut(planned, PROBE)
-            planned.reserved = self.quota.reserve(None)
-            return "go"
+            return self._probe(planned)
         if not self.quota.fits(estimate):
             if self.quota.running:
                 return "wait"  # jobs in flight settle at their real size: room may grow
@@ -361,6 +359,16 @@ class ExportScheduler:
                         planned.spec.label, mb(self.quota.room()))
             estimate = self.quota.estimate(planned.size_keys, planned.seconds)
         planned.reserved = self.quota.reserve(estimate)
+        return "go"
+
+    def _probe(self, planned: PlannedJob) -> str:
+        """Nothing tells what a window costs: one short window, alone, to learn it. With
+        less than half the cap left today, an hour's export instead of a day's."""
+        room = self.quota.room()
+        if room <= 0:
+            return "refuse"
+        self._cut(planned, PROBE if room >= self.quota.cap_bytes / 2 else SMALLEST_CUT)
+        planned.reserved = self.quota.reserve(None)
         return "go"
 
     def _learning(self) -> bool:
@@ -523,6 +531,12 @@ class ExportScheduler:
 
     def completed(self) -> int:
         return sum(1 for p in self.jobs if p.emitted)
+
+
+def _exported(planned: PlannedJob) -> bool:
+    """The job's file is here: its quota is spent (a job that failed or was refused has
+    not exported its window)."""
+    return planned.future.done() and planned.future.exception() is None
 
 
 def _duration(seconds: float) -> str:

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
 
+from tap_marketo_activities.quota import MB
+
 MAX_WINDOW_DAYS = 31  # Marketo refuses a createdAt range over 31 days
 EXPORT_FORMATS = ("CSV", "TSV", "SSV")
 BACKFILL_ORDERS = ("oldest_first", "newest_first")
@@ -57,8 +59,8 @@ CONFIG_SCHEMA = th.PropertiesList(
                             "and processes 2 at a time)."),
     th.Property("max_export_mb_per_day", NUMBER, default=400, title="Export MB per day",
                 description="Stop cleanly before this tap's exports of the day (US Central) "
-                            "would pass this many MB. Marketo's 500 MB is shared by every "
-                            "bulk export of the instance."),
+                            "would pass this many MB (1 MB = 1,048,576 bytes). Marketo's "
+                            "500 MB is shared by every bulk export of the instance."),
     th.Property("api_limit_share", NUMBER, default=0.8, title="Share of API limits",
                 description="Fraction (0.1 to 1) of Marketo's 100 calls per 20 s and 10 "
                             "concurrent calls that this tap may use."),
@@ -248,7 +250,7 @@ def parse_settings(config: Mapping[str, Any], now: dt.datetime | None = None) ->
         job_timeout=_number(config, "job_timeout_seconds", 1, 7 * 86400, 3 * 3600),
         max_jobs_in_queue=int(_number(config, "max_jobs_in_queue", 1, 10, 4)),
         max_export_bytes_per_day=_number(config, "max_export_mb_per_day", 0.001, 100_000, 400)
-        * 1024 * 1024,
+        * MB,
         api_limit_share=_number(config, "api_limit_share", 0.1, 1, 0.8),
         request_timeout=_number(config, "request_timeout_seconds", 0.1, 3600, 120),
         max_retry_seconds=_number(config, "max_retry_seconds", 0, 86400, 300),
