@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 WAIT_TICK_SECONDS = 1.0
 FORWARD, BACKWARD = "forward", "backward"
 PROBE = dt.timedelta(days=1)  # the first window when no export size is known yet
-SMALLEST_CUT = dt.timedelta(hours=1)  # a window cut to fit the quota is whole hours
+SMALLEST_CUT = dt.timedelta(hours=1)  # a window cut to fit the quota is whole hours...
+WORTH_A_JOB = 0.02  # ...and worth this share of the cap: a job takes 20-70 min in Marketo
 
 Window = tuple[dt.datetime, dt.datetime]
 
@@ -352,8 +353,9 @@ class ExportScheduler:
                 return "wait"  # jobs in flight settle at their real size: room may grow
             fits = self.quota.seconds_that_fit(planned.size_keys)
             hours = math.floor(fits / SMALLEST_CUT.total_seconds())
-            if hours < 1:
-                return "refuse"
+            cut = self.quota.estimate(planned.size_keys, hours * SMALLEST_CUT.total_seconds())
+            if hours < 1 or (cut or 0.0) < WORTH_A_JOB * self.quota.cap_bytes:
+                return "refuse"  # the day's last crumbs of quota are not worth a job
             self._cut(planned, hours * SMALLEST_CUT)
             logger.info("Export %s: cut to fit the %s left under max_export_mb_per_day.",
                         planned.spec.label, mb(self.quota.room()))
