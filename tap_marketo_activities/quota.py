@@ -29,6 +29,8 @@ SPREAD = 3.0  # ...plus this many standard deviations of its row count (a short 
 ROW_BYTES = 400  # rows are few, so chance weighs more), at about the most a row takes
 RATE_MEMORY_DAYS = 31.0  # how many days of earlier exports an estimate keeps weighing
 DAY = 86400.0
+WORTH_A_JOB = 0.02  # a window cut to fit must be worth this share of the cap: a job takes
+# Marketo 20-70 minutes, the day's last crumbs of quota are not worth one
 FILE_OVERHEAD_BYTES = 1024  # a file's header, which a short window's rows do not pay for
 
 
@@ -148,17 +150,19 @@ class ExportQuota:
             return (f"Backfill plan: nothing left to export for {streams} "
                     f"stream{'s' if streams != 1 else ''}: the backfill is done.")
         today = max(0.0, self.cap_bytes - self.used_bytes)
-        if left_bytes <= today:
-            runs, finish = 1, central_midnight(now)
+        if today < WORTH_A_JOB * self.cap_bytes:
+            today = 0.0  # today is over
+        more = math.ceil(max(0.0, left_bytes - today) / self.cap_bytes)
+        finish = central_midnight(now) + dt.timedelta(days=more)
+        if today:
+            runs = more + 1
+            when = f"{runs} daily run{'s' if runs != 1 else ''} (today's included)"
         else:
-            more = math.ceil((left_bytes - today) / self.cap_bytes)
-            runs, finish = more + (1 if today > 0 else 0), central_midnight(now) + \
-                dt.timedelta(days=more)
+            when = f"{more} more daily run{'s' if more != 1 else ''}, from tomorrow"
         return (f"Backfill plan: about {mb(left_bytes)} left to export for {streams} "
                 f"stream{'s' if streams != 1 else ''}; at max_export_mb_per_day="
-                f"{self.cap_bytes / MB:g} that is {runs} daily run{'s' if runs != 1 else ''}, "
-                f"finishing around {finish:%Y-%m-%d} (US Central), if other tools leave "
-                "the quota alone.")
+                f"{self.cap_bytes / MB:g} that is {when}, finishing around "
+                f"{finish:%Y-%m-%d} (US Central), if other tools leave the quota alone.")
 
     def cap_reached(self, now: dt.datetime) -> str:
         return (f"This tap's daily export cap is reached: {mb(self.used_bytes)} of "

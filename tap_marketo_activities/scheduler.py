@@ -40,7 +40,7 @@ from tap_marketo_activities.export import (
     cancel_export,
     keep_raw_file,
 )
-from tap_marketo_activities.quota import ExportQuota, mb, size_key
+from tap_marketo_activities.quota import WORTH_A_JOB, ExportQuota, mb, size_key
 from tap_marketo_activities.settings import PrimaryFilter, parse_instant
 
 logger = logging.getLogger(__name__)
@@ -48,8 +48,7 @@ logger = logging.getLogger(__name__)
 WAIT_TICK_SECONDS = 1.0
 FORWARD, BACKWARD = "forward", "backward"
 PROBE = dt.timedelta(days=1)  # the first window when no export size is known yet
-SMALLEST_CUT = dt.timedelta(hours=1)  # a window cut to fit the quota is whole hours...
-WORTH_A_JOB = 0.02  # ...and worth this share of the cap: a job takes 20-70 min in Marketo
+SMALLEST_CUT = dt.timedelta(hours=1)  # a window cut to fit the quota is whole hours
 
 Window = tuple[dt.datetime, dt.datetime]
 

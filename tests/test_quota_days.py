@@ -18,7 +18,7 @@ from typing import Any
 import requests
 from conftest import TapRun, config_for, parse_output, run_tap, tap_command
 
-from tap_marketo_activities.quota import MB
+from tap_marketo_activities.quota import MB, ExportQuota
 from tap_marketo_activities.sandbox import Sandbox
 from tap_marketo_activities.tap import TapMarketoActivities
 
@@ -428,3 +428,28 @@ def test_the_sdk_keeps_both_edges_through_load_state_and_finalize() -> None:
     stream.finalize_state_progress_markers()
     assert tap.state["bookmarks"][name] == state["bookmarks"][name]
     assert tap.state["marketo_export_sizes"] == state["marketo_export_sizes"]
+
+
+# ---- the plan's arithmetic --------------------------------------------------------------------
+
+NOON = dt.datetime(2026, 3, 10, 18, 0, tzinfo=dt.timezone.utc)  # 12:00 or 13:00 US Central
+
+
+def test_the_plan_counts_today_while_it_has_room_and_not_once_it_is_spent() -> None:
+    fresh = ExportQuota(400 * MB, used_bytes=100 * MB)
+    assert "that is 3 daily runs (today's included), finishing around 2026-03-12" in \
+        fresh.plan_line(1000 * MB, 2, NOON)
+    assert "1 daily run (today's included), finishing around 2026-03-10" in \
+        fresh.plan_line(300 * MB, 2, NOON)
+    spent = ExportQuota(400 * MB, used_bytes=399 * MB)
+    assert "that is 3 more daily runs, from tomorrow, finishing around 2026-03-13" in \
+        spent.plan_line(1000 * MB, 2, NOON)
+    assert "nothing left to export for 1 stream" in spent.plan_line(0, 1, NOON)
+
+
+def test_a_cut_window_fits_its_reservation_exactly() -> None:
+    quota = ExportQuota(CAP, used_bytes=int(CAP / 3), rates={"1": [40000, 86400]})
+    seconds = quota.seconds_that_fit(["1"])
+    estimate = quota.estimate(["1"], seconds)
+    assert estimate is not None and quota.fits(estimate)
+    assert not quota.fits(quota.estimate(["1"], seconds + 60) or 0)
