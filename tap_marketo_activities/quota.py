@@ -24,9 +24,13 @@ except Exception:  # no tz database on this machine: standard time is close enou
     CENTRAL = dt.timezone(dt.timedelta(hours=-6))
 
 MB = 1024 * 1024  # the one meaning of MB: settings, logs, summary and README
-MARGIN = 1.2  # a window is reserved at its estimate plus this much
+MARGIN = 1.2  # a window is reserved at its estimate plus this much (days differ)...
+SPREAD = 3.0  # ...plus this many standard deviations of its row count (a short window's
+ROW_BYTES = 400  # rows are few, so chance weighs more), at about the most a row takes
 RATE_MEMORY_DAYS = 31.0  # how many days of earlier exports an estimate keeps weighing
 DAY = 86400.0
+WORTH_A_JOB = 0.02  # a window cut to fit must be worth this share of the cap: a job takes
+# Marketo 20-70 minutes, the day's last crumbs of quota are not worth one
 FILE_OVERHEAD_BYTES = 1024  # a file's header, which a short window's rows do not pay for
 
 
@@ -104,17 +108,27 @@ class ExportQuota:
     def room(self) -> float:
         return self.cap_bytes - self.used_bytes - self.reserved_bytes
 
+    @staticmethod
+    def reservation(estimate: float) -> float:
+        """What a window estimated at `estimate` bytes holds of the day's room."""
+        return estimate * MARGIN + SPREAD * math.sqrt(max(estimate, 0.0) * ROW_BYTES)
+
     def fits(self, estimate: float) -> bool:
-        return estimate * MARGIN <= self.room()
+        return self.reservation(estimate) <= self.room()
 
     def seconds_that_fit(self, keys: Iterable[str]) -> float:
+        """The longest window of these keys whose reservation fits the room left."""
         rate = self.bytes_per_day(keys) or 0.0
         if rate <= 0:
             return math.inf
-        return max(0.0, (self.room() / MARGIN - FILE_OVERHEAD_BYTES) / rate * DAY)
+        room = max(0.0, self.room())
+        # reservation(e) = room, with e = y * y: MARGIN y² + SPREAD √ROW_BYTES y - room = 0
+        b = SPREAD * math.sqrt(ROW_BYTES)
+        y = (math.sqrt(b * b + 4 * MARGIN * room) - b) / (2 * MARGIN)
+        return max(0.0, (y * y - FILE_OVERHEAD_BYTES) / rate * DAY)
 
     def reserve(self, estimate: float | None) -> float:
-        amount = (estimate or 0.0) * MARGIN
+        amount = self.reservation(estimate or 0.0)
         self.reserved_bytes += amount
         self.running += 1
         return amount
@@ -132,18 +146,23 @@ class ExportQuota:
 
     def plan_line(self, left_bytes: float, streams: int, now: dt.datetime) -> str:
         """`Backfill plan: …`: what is left, and how many daily runs it takes at the cap."""
+        if left_bytes <= 0:
+            return (f"Backfill plan: nothing left to export for {streams} "
+                    f"stream{'s' if streams != 1 else ''}: the backfill is done.")
         today = max(0.0, self.cap_bytes - self.used_bytes)
-        if left_bytes <= today:
-            runs, finish = 1, central_midnight(now)
+        if today < WORTH_A_JOB * self.cap_bytes:
+            today = 0.0  # today is over
+        more = math.ceil(max(0.0, left_bytes - today) / self.cap_bytes)
+        finish = central_midnight(now) + dt.timedelta(days=more)
+        if today:
+            runs = more + 1
+            when = f"{runs} daily run{'s' if runs != 1 else ''} (today's included)"
         else:
-            more = math.ceil((left_bytes - today) / self.cap_bytes)
-            runs, finish = more + (1 if today > 0 else 0), central_midnight(now) + \
-                dt.timedelta(days=more)
+            when = f"{more} more daily run{'s' if more != 1 else ''}, from tomorrow"
         return (f"Backfill plan: about {mb(left_bytes)} left to export for {streams} "
                 f"stream{'s' if streams != 1 else ''}; at max_export_mb_per_day="
-                f"{self.cap_bytes / MB:g} that is {runs} daily run{'s' if runs != 1 else ''}, "
-                f"finishing around {finish:%Y-%m-%d} (US Central), if other tools leave "
-                "the quota alone.")
+                f"{self.cap_bytes / MB:g} that is {when}, finishing around "
+                f"{finish:%Y-%m-%d} (US Central), if other tools leave the quota alone.")
 
     def cap_reached(self, now: dt.datetime) -> str:
         return (f"This tap's daily export cap is reached: {mb(self.used_bytes)} of "

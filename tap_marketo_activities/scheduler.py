@@ -43,7 +43,7 @@ from tap_marketo_activities.export import (
     cancel_export,
     keep_raw_file,
 )
-from tap_marketo_activities.quota import ExportQuota, mb, size_key
+from tap_marketo_activities.quota import WORTH_A_JOB, ExportQuota, mb, size_key
 from tap_marketo_activities.settings import PrimaryFilter, parse_instant
 
 logger = logging.getLogger(__name__)
@@ -301,7 +301,7 @@ class ExportScheduler:
         with self._cond:
             left = 0.0
             for planned in self.jobs:
-                if planned.future.done() or planned.emitted:
+                if planned.emitted or _exported(planned):
                     continue
                 estimate = self.quota.estimate(planned.size_keys, planned.seconds)
                 if estimate is None:
@@ -354,21 +354,30 @@ class ExportScheduler:
         if estimate is None:
             if self._learning():
                 return "wait"  # the probe, or re-used jobs of unknown size, come first
-            self._cut(planned, PROBE)
-            planned.reserved = self.quota.reserve(None)
-            return "go"
+            return self._probe(planned)
         if not self.quota.fits(estimate):
             if self.quota.running:
                 return "wait"  # jobs in flight settle at their real size: room may grow
             fits = self.quota.seconds_that_fit(planned.size_keys)
             hours = math.floor(fits / SMALLEST_CUT.total_seconds())
-            if hours < 1:
-                return "refuse"
+            cut = self.quota.estimate(planned.size_keys, hours * SMALLEST_CUT.total_seconds())
+            if hours < 1 or (cut or 0.0) < WORTH_A_JOB * self.quota.cap_bytes:
+                return "refuse"  # the day's last crumbs of quota are not worth a job
             self._cut(planned, hours * SMALLEST_CUT)
             logger.info("Export %s: cut to fit the %s left under max_export_mb_per_day.",
                         planned.spec.label, mb(self.quota.room()))
             estimate = self.quota.estimate(planned.size_keys, planned.seconds)
         planned.reserved = self.quota.reserve(estimate)
+        return "go"
+
+    def _probe(self, planned: PlannedJob) -> str:
+        """Nothing tells what a window costs: one short window, alone, to learn it. With
+        less than half the cap left today, an hour's export instead of a day's."""
+        room = self.quota.room()
+        if room <= 0:
+            return "refuse"
+        self._cut(planned, PROBE if room >= self.quota.cap_bytes / 2 else SMALLEST_CUT)
+        planned.reserved = self.quota.reserve(None)
         return "go"
 
     def _learning(self) -> bool:
@@ -531,6 +540,12 @@ class ExportScheduler:
 
     def completed(self) -> int:
         return sum(1 for p in self.jobs if p.emitted)
+
+
+def _exported(planned: PlannedJob) -> bool:
+    """The job's file is here: its quota is spent (a job that failed or was refused has
+    not exported its window)."""
+    return planned.future.done() and planned.future.exception() is None
 
 
 def _duration(seconds: float) -> str:

@@ -71,8 +71,8 @@ CONFIG_SCHEMA = th.PropertiesList(
     th.Property("max_export_mb_per_day", _number_type(0.001, 100_000), default=400,
                 title="Export MB per day",
                 description="Stop cleanly before this tap's exports of the day (US Central) "
-                            "would pass this many MB. Marketo's 500 MB is shared by every "
-                            "bulk export of the instance."),
+                            "would pass this many MB (1 MB = 1,048,576 bytes). Marketo's "
+                            "500 MB is shared by every bulk export of the instance."),
     th.Property("api_limit_share", _number_type(0.1, 1), default=0.8, title="Share of API limits",
                 description="Fraction (0.1 to 1) of Marketo's 100 calls per 20 s and 10 "
                             "concurrent calls that this tap may use."),

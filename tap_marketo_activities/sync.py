@@ -179,6 +179,7 @@ class OnePass:
         if not jobs:
             return
         self.scheduler = self._scheduler(jobs)
+        self._log_plan_line()  # sizes known from earlier runs: the plan before any export
         batch_config = self.streams[0].get_batch_config(self.tap.config)
         for stream in self.streams:
             stream._write_schema_message()
@@ -297,6 +298,10 @@ class OnePass:
         logger.info("Window %s .. %s: %d record%s for %d stream%s; delivered.",
                     isoformat(planned.spec.start), isoformat(planned.spec.end), total,
                     "" if total == 1 else "s", len(feeds), "" if len(feeds) == 1 else "s")
+        self._log_plan_line()
+
+    def _log_plan_line(self) -> None:
+        """The `Backfill plan:` line, once a run, as soon as an export size is known."""
         if not self._plan_logged:
             line = self.plan_line()
             if line:
@@ -365,18 +370,26 @@ class OnePass:
         return self.scheduler.quota.plan_line(left, len(self.streams),
                                               dt.datetime.now(dt.timezone.utc))
 
+    def quota_gone(self) -> bool:
+        """Stopped by the day's export quota before delivering anything."""
+        return isinstance(self.stop_reason, QuotaExhausted) and \
+            self.stop_reason.code != "607" and self.windows_delivered == 0
+
     def stop_line(self) -> str:
-        """What a run stopped by the quota did today, what is left, and when to go on."""
-        assert self.scheduler is not None
-        quota = self.scheduler.quota
-        left = self.scheduler.left_bytes()
-        left_text = f"about {mb(left)}" if left is not None else "an unknown amount"
-        line = (f"{self.stop_reason} This run delivered {self.windows_delivered} "
-                f"window{'s' if self.windows_delivered != 1 else ''} and exported "
-                f"{mb(quota.used_by_run)}; {left_text} is left to export.")
-        if "UTC" not in str(self.stop_reason):
+        """What a run stopped by the export quota did today, what is left, and when the
+        quota resets (UTC and US Central)."""
+        line = str(self.stop_reason)
+        if "UTC" not in line:
             line += f" The quota resets at {reset_text(dt.datetime.now(dt.timezone.utc))}."
-        return line
+        left = self.scheduler.left_bytes() if self.scheduler else None
+        left_text = f"about {mb(left)}" if left is not None else "an unknown amount"
+        if self.windows_delivered:
+            used = self.scheduler.quota.used_by_run if self.scheduler else 0
+            done = (f"This run delivered {self.windows_delivered} window"
+                    f"{'s' if self.windows_delivered != 1 else ''} and exported {mb(used)}")
+        else:
+            done = "Nothing could be exported today"
+        return f"{line} {done}; {left_text} is left to export."
 
     def _log_plan(self, jobs: list[PlannedJob]) -> None:
         settings = self.settings

@@ -29,6 +29,7 @@ from tap_marketo_activities.client import (
     MarketoClient,
     MarketoError,
     Pacer,
+    QuotaExhausted,
     excerpt,
 )
 from tap_marketo_activities.output import RecordBufferingWriter, Terminated
@@ -226,6 +227,8 @@ class TapMarketoActivities(Tap):
         if self._pass is not None and self._pass.quota_day_over():
             logger.warning("%s", self._pass.stop_line())
             return  # a planned multi-day backfill: not a failure for the scheduler
+        if self._pass is not None and self._pass.quota_gone():
+            raise QuotaExhausted(self._pass.stop_line()) from reason
         raise reason
 
     def flush_output(self) -> None:

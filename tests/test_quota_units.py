@@ -60,24 +60,27 @@ def test_narrow_exports_are_learnt_apart() -> None:
     assert size_key(7, ["marketoGUID"]) == "7:narrow"
 
 
-def test_a_window_fits_with_its_margin_under_what_is_left() -> None:
+def test_a_window_fits_when_its_reservation_does() -> None:
     quota = ExportQuota(100 * MB, used_bytes=40 * MB)
-    assert quota.fits(60 * MB / MARGIN)
-    assert not quota.fits(60 * MB / MARGIN + 1)
+    estimate = 60 * MB / MARGIN * 0.99  # the margin and the spread of the row count
+    assert quota.reservation(estimate) > estimate * MARGIN
+    assert quota.fits(estimate) == (quota.reservation(estimate) <= 60 * MB)
+    assert not quota.fits(60 * MB / MARGIN)
 
 
 def test_seconds_that_fit_is_the_room_at_the_learnt_rate() -> None:
     quota = ExportQuota(100 * MB, used_bytes=40 * MB)
     quota.learn({"1": 12 * MB}, DAY)
-    expected = (60 * MB / MARGIN - FILE_OVERHEAD_BYTES) / (12 * MB) * DAY
-    assert quota.seconds_that_fit(["1"]) == pytest.approx(expected)
-    assert quota.fits(quota.estimate(["1"], expected) or 0)
+    seconds = quota.seconds_that_fit(["1"])
+    assert quota.reservation(quota.estimate(["1"], seconds) or 0) == pytest.approx(60 * MB)
+    assert quota.fits(quota.estimate(["1"], seconds * 0.999) or 0)
+    assert not quota.fits(quota.estimate(["1"], seconds * 1.01) or 0)
 
 
 def test_reserving_takes_room_and_settling_gives_back_all_but_the_real_size() -> None:
     quota = ExportQuota(100 * MB)
     held = quota.reserve(10 * MB)
-    assert held == pytest.approx(10 * MB * MARGIN)
+    assert held == pytest.approx(quota.reservation(10 * MB))
     assert quota.room() == pytest.approx(100 * MB - held)
     assert quota.running == 1
     quota.settle(held, 3 * MB)
@@ -93,7 +96,7 @@ def test_a_job_that_counted_nothing_today_settles_at_nothing() -> None:
 
 def test_the_plan_counts_daily_runs_at_the_cap() -> None:
     quota = ExportQuota(100 * MB, used_bytes=50 * MB)
-    assert "1 daily run," in quota.plan_line(40 * MB, 2, NOW)
+    assert "1 daily run (today's included)" in quota.plan_line(40 * MB, 2, NOW)
     # 50 MB today, then 100 MB a day: 250 MB is today and two more days.
     line = quota.plan_line(250 * MB, 1, NOW)
     assert "3 daily runs" in line
@@ -103,7 +106,7 @@ def test_the_plan_counts_daily_runs_at_the_cap() -> None:
 
 def test_the_plan_without_room_today_starts_tomorrow() -> None:
     quota = ExportQuota(100 * MB, used_bytes=100 * MB)
-    assert "2 daily runs" in quota.plan_line(150 * MB, 3, NOW)
+    assert "2 more daily runs, from tomorrow" in quota.plan_line(150 * MB, 3, NOW)
 
 
 def test_cap_reached_names_the_setting_and_the_reset() -> None:

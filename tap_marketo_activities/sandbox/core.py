@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from .catalog import activity_types
@@ -166,6 +166,24 @@ class Sandbox:
             self.service.quota_607_left = None
             self.board.set_foreign(0, self.service.new_id)
 
+    # ---- days -------------------------------------------------------------------
+
+    def new_day(self, days: int = 1) -> None:
+        """Start a new day: the daily export quota and call count reset; data, jobs and
+        files stay. Every job's times move `days` days into the past (so the list
+        endpoint's `finishedAt` says which day's quota a job counted against), which
+        keeps the sandbox and any client that reads the real clock agreeing on "today"."""
+        with self.lock:
+            self.board.advance()
+            self.board.age(days)
+            self.service.limits.day_calls = 0
+
+    def spend_export_quota(self, size: int) -> None:
+        """Another export of this API user (leads, say) completed now: `size` bytes of
+        today's quota are gone, and the activity export list does not show it."""
+        with self.lock:
+            self.board.other_exports.append((datetime.now(timezone.utc), int(size)))
+
     def dirty_guids(self) -> dict[str, str]:
         with self.lock:
             return dict(self.board.dirty_guids)
@@ -184,5 +202,6 @@ class Sandbox:
                 "refused": dict(limits.refused),
                 "max_in_flight": limits.max_in_flight,
                 "export_bytes_today": board.bytes_today(),
+                "export_bytes_by_day": board.bytes_by_day(),
                 "injected": dict(service.injected),
             }

@@ -12,7 +12,7 @@ from typing import Any
 from .catalog import DELETE_LEAD, activity_types, filter_group
 from .data import Dataset, format_time, parse_time
 from .export import ALL_FIELDS, DEFAULT_FIELDS, ExportResult, ExportSpec, write_export
-from .limits import day_key
+from .limits import CENTRAL, day_key
 
 MAX_RANGE = timedelta(days=31)
 MAX_PRIMARY_FILTERS = 50
@@ -198,6 +198,9 @@ class JobBoard:
         self.max_active = 0
         self.dirty_guids: dict[str, str] = {}
         self.closed = False
+        # Exports of other kinds (leads, program members) by this API user: they count
+        # against the instance's quota but the activity export list does not show them.
+        self.other_exports: list[tuple[datetime, int]] = []
 
     def active(self) -> int:
         return len(self.queue) + len(self.running)
@@ -290,11 +293,36 @@ class JobBoard:
             self.jobs[job.export_id] = job
             self.enqueue(job)
 
+    def bytes_by_day(self) -> dict[str, int]:
+        """Bytes of this API user's completed exports per day (US Central), as the quota
+        counts them: activity exports and the other exports."""
+        days: dict[str, int] = {}
+        for job in self.jobs.values():
+            if job.owner == OURS and job.status == "Completed" and job.result \
+                    and job.finished_at:
+                key = day_key(job.finished_at)
+                days[key] = days.get(key, 0) + job.result.size
+        for finished, size in self.other_exports:
+            days[day_key(finished)] = days.get(day_key(finished), 0) + size
+        return days
+
     def bytes_today(self) -> int:
-        today = day_key()
-        return sum(job.result.size for job in self.jobs.values()
-                   if job.owner == OURS and job.status == "Completed" and job.result
-                   and job.finished_at and day_key(job.finished_at) == today)
+        return self.bytes_by_day().get(day_key(), 0)
+
+    def age(self, days: int = 1) -> None:
+        """Everything that happened so far happened `days` days earlier (calendar days in
+        US Central): a new day starts, with a fresh quota, and every job is kept."""
+        def earlier(moment: datetime) -> datetime:
+            local = moment.astimezone(CENTRAL)
+            return (local - timedelta(days=days)).astimezone(timezone.utc)
+
+        for job in self.jobs.values():
+            job.created_at = earlier(job.created_at)
+            for name in ("queued_at", "started_at", "finished_at"):
+                moment = getattr(job, name)
+                if moment is not None:
+                    setattr(job, name, earlier(moment))
+        self.other_exports = [(earlier(f), size) for f, size in self.other_exports]
 
     def listed(self, statuses: set[str] | None) -> list[Job]:
         mine = [j for j in self.jobs.values() if j.owner == OURS]

@@ -6,10 +6,15 @@ import collections
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 
-# Marketo resets daily counters at midnight US Central; a fixed offset is close enough here.
-CENTRAL = timezone(timedelta(hours=-6))
+# Marketo resets daily counters at midnight US Central (CST or CDT, as the tap reckons it).
+try:
+    from zoneinfo import ZoneInfo
+
+    CENTRAL: tzinfo = ZoneInfo("America/Chicago")
+except Exception:  # no tz database on this machine: standard time
+    CENTRAL = timezone(timedelta(hours=-6))
 
 ERROR_MESSAGES = {
     "601": "Access token invalid",
