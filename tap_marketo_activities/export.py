@@ -388,8 +388,9 @@ class ExportJob:
             elif not expected and size is not None and got != size:
                 wrong = f"the file has {got} bytes where Marketo's fileSize says {size}"
             else:
-                self._note(f"downloaded {got} bytes, {records if records is not None else '?'}"
-                           " records")
+                counted = "? records" if records is None else \
+                    f"{records} record{'' if records == 1 else 's'}"
+                self._note(f"downloaded {got} bytes, {counted}")
                 return CompletedExport(export_id, path, records, got, digest, self.story)
             logger.warning("Export %s: %s (attempt %d of %d): downloading it again.",
                            export_id, wrong, attempt, CHECKSUM_ATTEMPTS)

@@ -81,9 +81,15 @@ def snake_case(name: str) -> str:
 def json_type_of(data_type: str | None, where: str) -> tuple[str, str | None]:
     known = DATA_TYPES.get((data_type or "").lower())
     if known is None:
-        logger.warning("Unknown Marketo dataType %r for %s: typed as string.", data_type, where)
+        if data_type not in _UNKNOWN_SEEN:  # once per run, not once per attribute
+            _UNKNOWN_SEEN.add(data_type)
+            logger.info("Marketo dataType %r (first seen for %s) is not one the tap types: "
+                        "its values are read as strings.", data_type, where)
         return ("string", None)
     return known
+
+
+_UNKNOWN_SEEN: set[str | None] = set()
 
 
 def stream_names(activity_types: Iterable[Mapping[str, Any]]) -> dict[int, str]:
