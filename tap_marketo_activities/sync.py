@@ -398,7 +398,7 @@ class OnePass:
                         isoformat(settings.end))
             return
         first = min(job.spec.start for job in jobs)
-        logger.info("Planned %d export job%s for %d stream%s, %s .. %s (window_days=%d, up "
+        logger.info("Planned %d export window%s for %d stream%s, %s .. %s (window_days=%d, up "
                     "to %d jobs in Marketo's queue at once, %s).", len(jobs),
                     "" if len(jobs) == 1 else "s", len(self.streams),
                     "" if len(self.streams) == 1 else "s", isoformat(first),
