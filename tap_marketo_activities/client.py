@@ -158,7 +158,7 @@ class Pacer:
     """Keeps this process under a share of Marketo's call limits, which other tools of the
     same instance also use: calls per rolling 20 s, and calls in flight."""
 
-    def __init__(self, share: float = 0.8, clock: Any = time.monotonic) -> None:
+    def __init__(self, share: float, clock: Any = time.monotonic) -> None:
         self.per_window = max(1, int(MARKETO_CALLS_PER_WINDOW * share))
         self.in_flight_limit = max(1, int(MARKETO_CONCURRENT_CALLS * share))
         self._clock = clock
@@ -268,16 +268,16 @@ class MarketoClient:
         client_id: str,
         client_secret: str,
         *,
-        timeout: tuple[float, float] = (10.0, 120.0),
-        max_retry_seconds: float = 300.0,
-        pacer: Pacer | None = None,
+        timeout: tuple[float, float],
+        max_retry_seconds: float,
+        pacer: Pacer,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._client_id = client_id
         self._client_secret = client_secret
         self.timeout = timeout
         self.max_retry_seconds = max_retry_seconds
-        self.pacer = pacer or Pacer()
+        self.pacer = pacer
         self.redact = Redactor(client_secret)
         self._token: str | None = None
         self._token_expires_at = 0.0

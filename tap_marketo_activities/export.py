@@ -124,9 +124,11 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class JobTimings:
-    poll_interval: float = 60.0
-    job_timeout: float = 3 * 3600
-    max_attempts: int = 3
+    """From the settings (poll_interval_seconds, job_timeout_seconds, max_job_attempts)."""
+
+    poll_interval: float
+    job_timeout: float
+    max_attempts: int
 
 
 @dataclass

@@ -207,8 +207,8 @@ class ExportScheduler:
 
     def __init__(self, client: MarketoClient, jobs: list[PlannedJob], workdir: Path,
                  timings: JobTimings, max_in_queue: int, quota: ExportQuota,
-                 earlier_exports: Iterable[Mapping] = (), raw_files_dir: Path | None = None,
-                 heartbeat_seconds: float = 60.0) -> None:
+                 earlier_exports: Iterable[Mapping], raw_files_dir: Path | None,
+                 heartbeat_seconds: float) -> None:
         self.client = client
         self.raw_files_dir = raw_files_dir
         self.earlier = [dict(e) for e in earlier_exports if "exportId" in e]

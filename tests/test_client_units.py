@@ -90,7 +90,8 @@ def error_envelope(code: str, message: str = "m") -> dict[str, Any]:
 
 
 def client_with(clock: FakeClock) -> MarketoClient:
-    client = MarketoClient("http://marketo.test", "id", "secret", pacer=Pacer(1.0, clock))
+    client = MarketoClient("http://marketo.test", "id", "secret", timeout=(1.0, 1.0),
+                           max_retry_seconds=0, pacer=Pacer(1.0, clock))
     client._token = "tok"
     return client
 
@@ -169,7 +170,8 @@ class Listing(MarketoClient):
     """A client whose GET answers pages from a script, and records what it was asked."""
 
     def __init__(self, pages: list[dict[str, Any]]) -> None:
-        super().__init__("http://marketo.test", "id", "secret")
+        super().__init__("http://marketo.test", "id", "secret", timeout=(1.0, 1.0),
+                         max_retry_seconds=0, pacer=Pacer(1.0, FakeClock()))
         self.script = iter(pages)
         self.asked: list[dict[str, Any]] = []
 
