@@ -237,6 +237,7 @@ class ExportJob:
         if self.export_id is not None:
             self._note(f"re-attaching to {self.export_id} from the last run")
         while True:
+            reused = self.export_id is not None and self.status == "New"
             if self.export_id is None:
                 self.export_id = self._create()
                 self.on_created(self.export_id)
@@ -248,6 +249,12 @@ class ExportJob:
                 self._note(f"job of the last run is not usable ({exc}): creating a new one")
                 self.export_id = None
                 continue
+            if reused and outcome in ("Failed", "Cancelled"):
+                # Ended before this run saw it (cancelled by the last run's stop): not an
+                # attempt of this run's.
+                self._note(f"job of the last run is {outcome}: creating a new one")
+                self.export_id = None
+                continue
             if outcome == "Completed":
                 try:
                     done = self._download(self.export_id, status)
@@ -256,6 +263,7 @@ class ExportJob:
                 except FileGone:
                     failures += 1
                     if failures >= self.timings.max_attempts:
+                        self.status = "Gone"  # not kept in the state: the next run asks anew
                         raise JobFailed(self._failure("never served its file")) from None
                     self._note("file gone (past Marketo's retention?): creating a new job")
                     self.export_id = None

@@ -17,6 +17,15 @@ from singer_sdk.singerlib import Message, RecordMessage
 FLUSH_BYTES = 1 << 16
 
 
+class OutputClosed(Exception):
+    """stdout took no more (the target exited: broken pipe): nothing more can be delivered."""
+
+    def __str__(self) -> str:
+        return (f"Writing to stdout failed ({super().__str__()}): the target stopped reading. "
+                "The last state it received covers everything it got; fix the target and "
+                "run again.")
+
+
 class Terminated(BaseException):
     """SIGINT or SIGTERM: unwinds through every `except Exception`, like KeyboardInterrupt."""
 
@@ -46,8 +55,7 @@ class RecordBufferingWriter(MsgSpecWriter):
                 self.flush()
         finally:
             self.writing = False
-        if self.deferred_signal is not None:
-            raise Terminated(self.deferred_signal)
+        self._raise_deferred_signal()
 
     def write_record(self, framing: RecordFraming, record: dict[str, Any]) -> None:
         """A RECORD message, as `write_message` would write it, without building one."""
@@ -61,17 +69,24 @@ class RecordBufferingWriter(MsgSpecWriter):
                 self.flush()
         finally:
             self.writing = False
-        if self.deferred_signal is not None:
-            raise Terminated(self.deferred_signal)
+        self._raise_deferred_signal()
+
+    def _raise_deferred_signal(self) -> None:
+        signum, self.deferred_signal = self.deferred_signal, None  # raised once
+        if signum is not None:
+            raise Terminated(signum)
 
     def flush(self) -> None:
         data = memoryview(bytes(self._pending))
         self._pending.clear()
-        out = sys.stdout.buffer
-        while data:  # a raw (unbuffered) stdout may take part of a write
-            written = out.write(data)
-            data = data[written if written is not None else len(data):]
-        sys.stdout.flush()
+        try:
+            out = sys.stdout.buffer
+            while data:  # a raw (unbuffered) stdout may take part of a write
+                written = out.write(data)
+                data = data[written if written is not None else len(data):]
+            sys.stdout.flush()
+        except OSError as exc:
+            raise OutputClosed(exc.strerror or str(exc)) from exc
 
 
 class RecordFraming:

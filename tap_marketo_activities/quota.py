@@ -119,8 +119,8 @@ class ExportQuota:
     def seconds_that_fit(self, keys: Iterable[str]) -> float:
         """The longest window of these keys whose reservation fits the room left."""
         rate = self.bytes_per_day(keys) or 0.0
-        if rate <= 0:
-            return math.inf
+        if rate <= 0:  # types that exported nothing yet: any window, if a file's header fits
+            return math.inf if self.fits(FILE_OVERHEAD_BYTES) else 0.0
         room = max(0.0, self.room())
         # reservation(e) = room, with e = y * y: MARGIN y² + SPREAD √ROW_BYTES y - room = 0
         b = SPREAD * math.sqrt(ROW_BYTES)

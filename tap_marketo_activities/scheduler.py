@@ -312,11 +312,17 @@ class ExportScheduler:
     # -- the workers ----------------------------------------------------------------------
 
     def _work(self) -> None:
-        while (planned := self._take()) is not None:
-            try:
-                planned.future.set_result(self._run(planned))
-            except BaseException as exc:
-                planned.future.set_exception(exc)
+        try:
+            while (planned := self._take()) is not None:
+                try:
+                    planned.future.set_result(self._run(planned))
+                except BaseException as exc:
+                    planned.future.set_exception(exc)
+        except Exception as exc:  # a bug in planning: fail the jobs, never leave them waiting
+            with self._cond:
+                self.failure = self.failure or exc
+                self._refuse_rest(exc)
+                self._cond.notify_all()
 
     def _take(self) -> PlannedJob | None:
         with self._cond:
@@ -358,7 +364,7 @@ class ExportScheduler:
         if not self.quota.fits(estimate):
             if self.quota.running:
                 return "wait"  # jobs in flight settle at their real size: room may grow
-            fits = self.quota.seconds_that_fit(planned.size_keys)
+            fits = min(self.quota.seconds_that_fit(planned.size_keys), planned.seconds)
             hours = math.floor(fits / SMALLEST_CUT.total_seconds())
             cut = self.quota.estimate(planned.size_keys, hours * SMALLEST_CUT.total_seconds())
             if hours < 1 or (cut or 0.0) < WORTH_A_JOB * self.quota.cap_bytes:
@@ -455,8 +461,10 @@ class ExportScheduler:
         except Stopped:
             raise
         except Exception as exc:
-            self.failure = self.failure or exc
-            self.stop.set()  # no point spending quota on windows after a gap
+            with self._cond:  # no point spending quota on windows after a gap; those
+                self.failure = self.failure or exc  # before it still finish
+                self._refuse_rest(exc)
+                self._cond.notify_all()
             raise
         finally:
             with self._cond:
@@ -508,13 +516,19 @@ class ExportScheduler:
         self.client.stopping.set()
         with self._cond:
             self._cond.notify_all()
+            ahead = self.jobs[self._next:]
             self._refuse_rest(Stopped("the sync is stopping"))
+            # An earlier run's job for a window not reached yet is the next run's.
+            later = [e for e in self.earlier if any(
+                (spec := spec_of_export(e, p.spec)) is not None and covers(spec, p)
+                for p in ahead)]
+            unused = [e for e in self.earlier if e not in later]
+            self.earlier = later
         running = [p.future for p in self.jobs if p.job and not p.future.done()]
         wait(running, timeout=wait_seconds)
         cancels: list[Callable[[], Any]] = [job.cancel_if_running for job in self.in_flight()]
         cancels += [partial(cancel_export, self.client, str(e["exportId"]), once=True)
-                    for e in self.earlier]
-        self.earlier = []
+                    for e in unused]
         if cancels:
             threads = [threading.Thread(target=cancel, daemon=True) for cancel in cancels]
             for thread in threads:

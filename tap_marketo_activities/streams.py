@@ -172,6 +172,13 @@ class ActivityStream(Stream):
         while (record := self.fed) is not None:
             yield record
 
+    def _write_state_message(self) -> None:
+        """The one pass writes every STATE of a bulk stream, one per window for all the
+        streams it served; the SDK's own (every 10,000 records, at a stream's end, when
+        --test's record limit aborts it) would only repeat it, or speak for --test."""
+        if not self.bulk:
+            super()._write_state_message()
+
     def _increment_stream_state(self, latest_record: dict, *, context: Any = None) -> None:
         """Bookmarks move per finished window (`covered`), never per record: rows of one
         file are unsorted, so a record's date says nothing of what is complete."""

@@ -12,6 +12,7 @@ Data flows one way: settings and streams -> windows (`plan`) -> jobs (scheduler)
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import sys
@@ -24,6 +25,7 @@ from singer_sdk.exceptions import AbortedSyncFailedException, AbortedSyncPausedE
 
 from tap_marketo_activities.client import MarketoError, QuotaExhausted
 from tap_marketo_activities.export import CompletedExport, JobTimings, used_today
+from tap_marketo_activities.output import OutputClosed
 from tap_marketo_activities.quota import MB, ExportQuota, mb, reset_text
 from tap_marketo_activities.records import (
     FileRejected,
@@ -218,6 +220,8 @@ class OnePass:
         except (MarketoError, FileRejected) as exc:
             # Windows already delivered keep their state; the sync ends with this error
             # as one line (tap.sync_all), or a warning for a day's quota.
+            if isinstance(exc, FileRejected) and planned.job is not None:
+                planned.job.status = "Rejected"  # not kept in the state: the next run asks anew
             self.stop_reason = exc
             logger.debug("Stopping before %s", planned.spec.label, exc_info=True)
             return False
@@ -322,7 +326,9 @@ class OnePass:
             state.pop(EXPORTS_STATE_KEY, None)
         state[SIZES_STATE_KEY] = self.scheduler.quota.saved_rates()
         if not self.tap.dry_run:  # --test leaves no state that a run would start from
-            self.tap.write_state_if_possible()
+            # A target that stopped reading ends the run (OutputClosed): exporting on for
+            # nobody would spend quota on windows the next run must export again.
+            self.tap.state_writer.write_state(self.tap.state)
         self.scheduler.state_written(version)
 
     def _on_wait(self, planned: PlannedJob) -> None:
@@ -345,11 +351,14 @@ class OnePass:
         """State first (what matters if we are killed next), then our jobs in Marketo are
         cancelled, then the state again without them."""
         if self.scheduler is not None:
+            self.scheduler.stop.set()  # no job enqueued from here on, even one named below
             try:
-                self.write_state()
+                with contextlib.suppress(OutputClosed):
+                    self.write_state()
             finally:
                 self.scheduler.close()
-            self.write_state()
+            with contextlib.suppress(OutputClosed):
+                self.write_state()
         if self.folder is not None:
             self.folder.close()
         if sys.stderr.isatty():

@@ -32,7 +32,7 @@ from tap_marketo_activities.client import (
     QuotaExhausted,
     excerpt,
 )
-from tap_marketo_activities.output import RecordBufferingWriter, Terminated
+from tap_marketo_activities.output import OutputClosed, RecordBufferingWriter, Terminated
 from tap_marketo_activities.records import FileRejected
 from tap_marketo_activities.schema import (
     DELETE_LEAD_TYPE_ID,
@@ -235,16 +235,9 @@ class TapMarketoActivities(Tap):
         """Records still gathered for a large write go out (see RecordBufferingWriter)."""
         writer = self.message_writer
         if isinstance(writer, RecordBufferingWriter):
-            try:
+            # A closed stdout: the run's own error, or the state written before, says it.
+            with contextlib.suppress(OutputClosed):
                 writer.flush()
-            except OSError as exc:  # the target is gone (broken pipe)
-                logger.warning("Could not write the last records: %s", exc)
-
-    def write_state_if_possible(self) -> None:
-        try:
-            self.state_writer.write_state(self.state)
-        except OSError as exc:  # the target is gone (broken pipe): nothing to tell it
-            logger.warning("Could not write the state: %s", exc)
 
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
         """Unwind at once; the sync's `finally` emits the state and cancels our jobs. Only
@@ -309,7 +302,7 @@ def main() -> None:
         with contextlib.suppress(OSError):
             sys.stdout.flush()
         os._exit(128 + stop.signum)  # workers may sit in a retry wait: do not join them
-    except (MarketoError, SettingsError, FileRejected) as exc:
+    except (MarketoError, SettingsError, FileRejected, OutputClosed) as exc:
         log.error("%s", excerpt(str(exc), ERROR_LINE_CHARS))
         logger.debug("Details", exc_info=True)
         sys.exit(1)

@@ -38,6 +38,13 @@ class RunFolder:
         locking.rename(self.path / LOCK_NAME)
 
     def close(self) -> None:
+        # The lock file goes last: a folder left half removed is still one a sweep knows.
+        for child in self.path.iterdir():
+            if child.name != LOCK_NAME:
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
         shutil.rmtree(self.path, ignore_errors=True)
         if self._lock is not None:
             self._lock.close()
@@ -56,6 +63,8 @@ def sweep_stale(parent: Path) -> int:
 
 def _abandoned(folder: Path) -> bool:
     lock = folder / LOCK_NAME
+    if not lock.is_file():
+        lock = folder / f"{LOCK_NAME}.new"  # killed before it renamed its lock file
     if not lock.is_file():
         return False  # not ours, or a run that has not locked it yet
     try:

@@ -22,6 +22,7 @@ from conftest import (
     TapRun,
     all_guids,
     assert_complete,
+    assert_nothing_left_running,
     config_for,
     parse_output,
     run_tap,
@@ -229,3 +230,47 @@ def test_dash_dash_test_has_no_error_line_and_leaves_history_to_the_next_run(
     full = run_tap(tmp_path / "full", config, state=run.last_state if run.states else None)
     assert full.returncode == 0
     assert set(full.guids()) == all_guids(fresh_sandbox)
+
+
+def test_a_file_refused_after_reading_is_not_re_used_by_the_next_run(tmp_path: Path) -> None:
+    with Sandbox(job_latency=0.2, data_start=START, data_end=END) as box:
+        box.set_faults(miscount_jobs=1)  # Marketo counts one record more than the file holds
+        config = config_for(box, activity_type_ids=BULK_TYPES[:2])
+        first = run_tap(tmp_path / "1", config)
+        assert first.returncode == 1
+        errors = [line for line in first.stderr.splitlines() if "| ERROR" in line]
+        assert len(errors) == 1 and "not whole" in errors[0], first.stderr[-2000:]
+        refused = box.stats()["jobs"][0]["exportId"]
+        kept = first.last_state.get("marketo_exports", [])
+        assert refused not in {e["exportId"] for e in kept}
+        second = run_tap(tmp_path / "2", config, state=first.last_state)
+        assert second.returncode == 0, second.stderr[-2000:]
+        truth = {a["marketoGUID"] for a in box.expected(START, END, BULK_TYPES[:2])}
+        assert set(first.guids() + second.guids()) == truth
+
+
+def test_types_that_exported_nothing_and_no_room_end_the_run_instead_of_hanging(
+        fresh_sandbox: Sandbox, tmp_path: Path) -> None:
+    state = {"marketo_export_sizes": {"1": [0, 86400]}}
+    config = config_for(fresh_sandbox, activity_type_ids=[1], max_export_mb_per_day=0.0011)
+    run = run_tap(tmp_path, config, state=state, timeout=120)
+    assert run.returncode == 1, run.stderr[-2000:]
+    errors = [line for line in run.stderr.splitlines() if "| ERROR" in line]
+    assert len(errors) == 1 and "resets at" in errors[0], run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+
+
+def test_a_target_that_stops_reading_ends_the_run_without_exporting_on(
+        fresh_sandbox: Sandbox, tmp_path: Path) -> None:
+    config = config_for(fresh_sandbox, activity_type_ids=[1], window_days=1)
+    command = " ".join(f"'{part}'" for part in tap_command(tmp_path, config))
+    done = subprocess.run(f"{command} 2> {tmp_path / 'err.log'} | head -n 30 > /dev/null",
+                          shell=True, timeout=180, executable="/bin/bash",
+                          env={k: v for k, v in os.environ.items()
+                               if not k.startswith("TAP_MARKETO")})
+    assert done.returncode == 0  # head's
+    stderr = (tmp_path / "err.log").read_text()
+    errors = [line for line in stderr.splitlines() if "| ERROR" in line]
+    assert len(errors) == 1 and "target stopped reading" in errors[0], stderr[-2000:]
+    assert len(fresh_sandbox.stats()["jobs"]) < 20  # of 60 one-day windows
+    assert_nothing_left_running(fresh_sandbox)

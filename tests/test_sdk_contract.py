@@ -93,7 +93,7 @@ def parameters(function: Any) -> dict[str, inspect.Parameter]:
 def test_stream_sync_records(stream: ActivityStream, written: list[Any]) -> None:
     """sync.py drives `Stream._sync_records` one record at a time: a generator that pulls
     one record from `get_records`, writes its RECORD message (unless `write_messages` is
-    False, for BATCH), and only then yields it; at its end it writes the final STATE."""
+    False, for BATCH), and only then yields it."""
     assert inspect.isgeneratorfunction(Stream._sync_records)
     write_messages = parameters(Stream._sync_records)["write_messages"]
     assert write_messages.kind is inspect.Parameter.KEYWORD_ONLY
@@ -104,7 +104,21 @@ def test_stream_sync_records(stream: ActivityStream, written: list[Any]) -> None
     assert [m.record[KEY] for m in written if isinstance(m, RecordMessage)] == ["a"]
     stream.fed = None
     assert list(loop) == []
-    assert written[-1] == "STATE"
+
+
+def test_stream_write_state_message(stream: ActivityStream, written: list[Any]) -> None:
+    """ActivityStream overrides `Stream._write_state_message()`, which the SDK's record loop
+    calls every STATE_MSG_FREQUENCY records and at its end (and `_abort_sync` on --test's
+    limit): for a bulk stream the one pass writes every STATE itself, one per window."""
+    assert list(parameters(Stream._write_state_message)) == ["self"]
+    assert "_write_state_message" in inspect.getsource(Stream._sync_records)
+    assert "_write_state_message" in inspect.getsource(Stream._abort_sync)
+    stream.fed = record("a")
+    loop = stream._sync_records()
+    next(loop)
+    stream.fed = None
+    list(loop)
+    assert "STATE" not in written
 
 
 def test_stream_sync_records_without_messages(stream: ActivityStream,

@@ -46,6 +46,7 @@ class Job:
     started_clock: float = 0.0
     error_msg: str | None = None
     doomed: bool = False
+    miscounted: bool = False  # its status says one record more than its file holds
     stuck: bool = False
     path: str | None = None
     result: ExportResult | None = None
@@ -61,7 +62,7 @@ class Job:
             if moment is not None:
                 out[key] = format_time(moment)
         if self.status == "Completed" and self.result is not None:
-            out["numberOfRecords"] = self.result.records
+            out["numberOfRecords"] = self.result.records + (1 if self.miscounted else 0)
             out["fileSize"] = self.result.size
             out["fileChecksum"] = "sha256:" + self.result.sha256
         if self.status == "Failed" and self.error_msg:

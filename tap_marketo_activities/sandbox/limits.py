@@ -61,6 +61,7 @@ class Faults:
     odd_answer_times: int = -1
     # Keys left out of a Completed job's status (fileSize, fileChecksum, numberOfRecords).
     hide_status_fields: list[str] = field(default_factory=list)
+    miscount_jobs: int = 0  # jobs whose status counts one record more than the file holds
     # Files served without Content-Length (the body ends when the connection closes).
     close_delimited_files: bool = False
     # The first N downloads of each file end early, the connection closed.

@@ -408,6 +408,8 @@ class Service:
             raise ApiError("1029", "Too many jobs in queue")
         job.stuck, faults.stuck_jobs = faults.stuck_jobs > 0, max(0, faults.stuck_jobs - 1)
         job.doomed, faults.fail_jobs = faults.fail_jobs > 0, max(0, faults.fail_jobs - 1)
+        job.miscounted = faults.miscount_jobs > 0
+        faults.miscount_jobs = max(0, faults.miscount_jobs - 1)
         self.board.enqueue(job)
         if faults.already_queued_times > 0:
             faults.already_queued_times -= 1
