@@ -100,7 +100,6 @@ class ActivityStream(Stream):
             super()._write_record_message(record)
             return
         writer.write_record(self.framing, record)
-        self.state_manager.is_flushed = False
 
     @property
     def extracted_at(self) -> dt.datetime:
