@@ -93,7 +93,13 @@ class TapMarketoActivities(Tap):
             # A range or choice the schema refused: ours is the line that names the setting
             # and what it accepts.
             _ = self.settings
-            raise SettingsError("; ".join(exc.errors) or str(exc)) from None
+            # parse_settings accepted every number: the SDK compared a Decimal with a float
+            # bound ('0.1 is less than the minimum of 0.1'), so only its other errors count.
+            other = [e for e in exc.errors or [str(exc)]
+                     if "the minimum of" not in e and "the maximum of" not in e]
+            if other:
+                raise SettingsError("; ".join(other)) from None
+            errors = []
         if errors:
             return errors
         for name, closest in unknown_settings(self.config, self.config_jsonschema):

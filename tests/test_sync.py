@@ -254,3 +254,14 @@ def test_refused_credentials_are_one_line_and_start_no_job(fresh_sandbox: Sandbo
     assert "Traceback" not in run.stderr
     assert "wrong-secret" not in run.stderr
     assert fresh_sandbox.stats()["jobs"] == []
+
+
+def test_the_documented_smallest_values_are_accepted(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The SDK reads JSON numbers as Decimal: Decimal('0.1') is below the float 0.1."""
+    config = config_for(sandbox, api_limit_share=0.1, max_export_mb_per_day=0.001,
+                        request_timeout_seconds=0.1, poll_interval_seconds=0.01)
+    run = run_tap(tmp_path, config, extra=("--discover",))
+    assert run.returncode == 0, run.stderr[-2000:]
+    bad = run_tap(tmp_path / "bad", {**config, "api_limit_share": 0.09}, extra=("--discover",))
+    errors = [line for line in bad.stderr.splitlines() if "| ERROR" in line]
+    assert bad.returncode == 1 and len(errors) == 1 and "api_limit_share" in errors[0]
