@@ -84,7 +84,7 @@ class ActivityStream(Stream):
         return ()  # no child streams: spare the SDK a copy of every record
 
     @cached_property
-    def _plain_output(self) -> bool:
+    def plain_output(self) -> bool:
         """No stream map and no flattening: records go out as built."""
         maps = self.stream_maps
         return len(maps) == 1 and type(maps[0]) is SameRecordTransform and \
@@ -96,7 +96,7 @@ class ActivityStream(Stream):
         # selected fields, and one extraction time per window is as true. Stream maps and
         # flattening take the SDK's path.
         writer = self.marketo.message_writer
-        if not self._plain_output or not isinstance(writer, RecordBufferingWriter):
+        if not self.plain_output or not isinstance(writer, RecordBufferingWriter):
             super()._write_record_message(record)
             return
         writer.write_record(self.framing, record)

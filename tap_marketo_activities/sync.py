@@ -91,6 +91,19 @@ def plan(streams: list[ActivityStream], settings: Settings) -> list[PlannedJob]:
     return ahead + behind if newest_first else behind + ahead
 
 
+class StreamMapFailed(Exception):
+    """A stream map or flattening failed on a record: the user's expression, not Marketo."""
+
+    def __init__(self, stream: str, error: Exception) -> None:
+        super().__init__(stream, error)
+        self.stream, self.error = stream, error
+
+    def __str__(self) -> str:
+        return (f"{self.stream}: the stream map failed on a record ({type(self.error).__name__}: "
+                f"{self.error}). Check stream_maps for this stream; nothing of the window was "
+                "bookmarked, so the next run delivers it again.")
+
+
 def drain(stream: ActivityStream) -> None:
     """A stream that fetches its own records (deleted leads): the SDK's record loop, whole."""
     stream._write_schema_message()
@@ -284,6 +297,12 @@ class OnePass:
             except ABORTED:
                 assert feed is not None
                 feed.open = False  # --test's one record per stream is out
+            except (OutputClosed, MarketoError, FileRejected):
+                raise
+            except Exception as exc:
+                if feed is None or feed.stream.plain_output:
+                    raise
+                raise StreamMapFailed(feed.stream.name, exc) from exc
 
     def _end_window(self, planned: PlannedJob, sizes: dict[int, int]) -> None:
         assert self.scheduler is not None

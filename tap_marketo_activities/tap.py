@@ -48,7 +48,13 @@ from tap_marketo_activities.settings import (
     unknown_settings,
 )
 from tap_marketo_activities.streams import ActivityStream, DeletedLeadStream
-from tap_marketo_activities.sync import EXPORTS_STATE_KEY, SIZES_STATE_KEY, OnePass, drain
+from tap_marketo_activities.sync import (
+    EXPORTS_STATE_KEY,
+    SIZES_STATE_KEY,
+    OnePass,
+    StreamMapFailed,
+    drain,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +314,7 @@ def main() -> None:
         with contextlib.suppress(OSError):
             sys.stdout.flush()
         os._exit(128 + stop.signum)  # workers may sit in a retry wait: do not join them
-    except (MarketoError, SettingsError, FileRejected, OutputClosed) as exc:
+    except (MarketoError, SettingsError, FileRejected, OutputClosed, StreamMapFailed) as exc:
         log.error("%s", excerpt(str(exc), ERROR_LINE_CHARS))
         logger.debug("Details", exc_info=True)
         sys.exit(1)

@@ -274,3 +274,18 @@ def test_a_target_that_stops_reading_ends_the_run_without_exporting_on(
     assert len(errors) == 1 and "target stopped reading" in errors[0], stderr[-2000:]
     assert len(fresh_sandbox.stats()["jobs"]) < 20  # of 60 one-day windows
     assert_nothing_left_running(fresh_sandbox)
+
+
+def test_a_failing_stream_map_is_one_line_that_names_the_stream(
+        fresh_sandbox: Sandbox, tmp_path: Path) -> None:
+    maps = {"activities_visit_webpage": {"boom": "int(record['activityDate'][:4]) // 0"}}
+    run = run_tap(tmp_path, config_for(fresh_sandbox, activity_type_ids=[1, 2],
+                                       stream_maps=maps))
+    assert run.returncode == 1
+    errors = [line for line in run.stderr.splitlines() if "| ERROR" in line]
+    assert len(errors) == 1, run.stderr[-2000:]
+    assert "activities_visit_webpage: the stream map failed" in errors[0]
+    assert "bug of the tap" not in run.stderr and "Traceback" not in run.stderr
+    assert not any(state.get("bookmarks", {}).get("activities_visit_webpage", {})
+                   .get("replication_key_value") for state in run.states)
+    assert_nothing_left_running(fresh_sandbox)

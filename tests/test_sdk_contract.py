@@ -198,7 +198,7 @@ def test_stream_abort_at_record_count(stream: ActivityStream, written: list[Any]
 
 
 def test_stream_stream_maps_plain(stream: ActivityStream) -> None:
-    """ActivityStream._plain_output takes a stream without stream maps or flattening to be
+    """ActivityStream.plain_output takes a stream without stream maps or flattening to be
     one `SameRecordTransform` with `flattening_enabled` False (then it builds RECORD
     messages itself)."""
     maps = stream.stream_maps
