@@ -269,11 +269,6 @@ class RecordBuilder:
         self.dropped = [c for c in BASE_COLUMNS - ALWAYS_PRESENT
                         if selected is not None and c not in selected]
 
-    def build(self, cells: list[str], at: Columns, number: int,
-              problems: Problems) -> dict[str, Any]:
-        """One row to a record (the REST path; files go through `bind`)."""
-        return self.bind(at, problems)(cells, number)
-
     def bind(self, at: Columns, problems: Problems) -> Callable[[list[str], int], dict[str, Any]]:
         """The row-to-record function for one file: column positions, casts and the
         selection are looked up once per file, not once per row."""
@@ -348,10 +343,6 @@ def rest_cells(item: Mapping[str, Any]) -> list[str]:
     values = [item.get(k) for k in EXPORT_COLUMNS[:REST_COLUMNS.attributes]]
     cells = [NULL if v is None else str(v) for v in values]
     return [*cells, json.dumps(attributes, ensure_ascii=False), NULL]
-
-
-def _cell(cells: list[str], position: int) -> str | None:
-    return cells[position] if position >= 0 else None
 
 
 def _none_if_null(value: str | None) -> str | None:

@@ -18,7 +18,6 @@ shorter, and while no size is known the first window is a one-day probe that run
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import threading
@@ -77,11 +76,6 @@ class PlannedJob:
     @property
     def seconds(self) -> float:
         return (self.spec.end - self.spec.start).total_seconds()
-
-
-def export_key(export: Mapping) -> str:
-    """All that an export asked for (window, types, fields, format, filter, headers)."""
-    return json.dumps({k: v for k, v in export.items() if k != "exportId"}, sort_keys=True)
 
 
 def grid_windows(
@@ -551,9 +545,6 @@ class ExportScheduler:
 
     def in_flight(self) -> list[ExportJob]:
         return [p.job for p in self.jobs if p.job and p.job.status in RUNNING_STATUSES]
-
-    def completed(self) -> int:
-        return sum(1 for p in self.jobs if p.emitted)
 
 
 def _exported(planned: PlannedJob) -> bool:

@@ -199,8 +199,8 @@ class DeletedLeadStream(ActivityStream):
                            "deletions before %s may be gone.", self.name, isoformat(since),
                            isoformat(now - DELETED_LEADS_KEPT))
         end = isoformat(settings.end)
-        builder = self.builder()
         problems = Problems(self.name)
+        record_of = self.builder().bind(REST_COLUMNS, problems)
         first = client.get(PAGING_TOKEN_PATH, {"sinceDatetime": isoformat(since)})
         token = first.get("nextPageToken")
         items = client.pages(DELETED_LEADS_PATH, {"nextPageToken": token, "batchSize": 300}) \
@@ -208,6 +208,6 @@ class DeletedLeadStream(ActivityStream):
         for number, item in enumerate(items, 1):
             if str(item.get("activityDate", "")) < end:
                 self.records_written += 1
-                yield builder.build(rest_cells(item), REST_COLUMNS, number, problems)
+                yield record_of(rest_cells(item), number)
         if not self.marketo.dry_run:  # --test reads one record: that covers nothing
             self.covered(since, settings.end)

@@ -21,7 +21,7 @@ from tap_marketo_activities.records import (
     check_whole,
     read_records,
 )
-from tap_marketo_activities.scheduler import export_key, grid_windows, plan_jobs
+from tap_marketo_activities.scheduler import grid_windows, plan_jobs, spec_of_export
 from tap_marketo_activities.schema import activity_schema, attribute_specs, stream_names
 from tap_marketo_activities.settings import (
     CONFIG_SCHEMA,
@@ -148,13 +148,16 @@ def test_an_end_date_in_the_future_is_now() -> None:
     assert settings.end == now
 
 
-def test_an_earlier_run_s_job_matches_only_the_very_same_export() -> None:
+def test_an_earlier_run_s_job_serves_only_an_export_of_the_same_filter_and_headers() -> None:
     plain = JobSpec(day(0), day(1), (2,))
     filtered = JobSpec(day(0), day(1), (2,), primary_filter=PrimaryFilter("values", ("A.B",)))
     renamed = JobSpec(day(0), day(1), (2,), header_names=(("attributes", "Attrs"),))
-    keys = {export_key({"exportId": "x", **spec.key()}) for spec in (plain, filtered, renamed)}
-    assert len(keys) == 3
-    assert export_key({"exportId": "y", **plain.key()}) == export_key(plain.key())
+    specs = (plain, filtered, renamed)
+    for earlier in specs:
+        export = {"exportId": "x", **earlier.key()}
+        assert [spec_of_export(export, like) is not None for like in specs] == \
+            [like is earlier for like in specs]
+    assert spec_of_export({"exportId": "y", **plain.key()}, plain) == plain
 
 
 def test_dates_without_offset_are_utc() -> None:
