@@ -329,7 +329,7 @@ def test_one_token_for_both_endpoints_from_since_inclusive(sandbox: Sandbox) -> 
                        params={"nextPageToken": token}, timeout=5).json()
     assert deleted["result"] == sandbox.expected_deleted_leads("2024-03-01T00:00:00Z")[:300]
     page = http.get(sandbox.base_url + ACTIVITIES, params={
-        "nextPageToken": token, "activityTypeIds": "1", "batchSize": 200}, timeout=5).json()
+        "nextPageToken": token, "activityTypeIds": "1", "batchSize": "200"}, timeout=5).json()
     walked = sandbox.expected_rest("2024-03-01T00:00:00Z")[:200]
     middle = http.get(sandbox.base_url + "/rest/v1/activities/deletedleads.json",
                       params={"nextPageToken": page["nextPageToken"]}, timeout=5).json()
