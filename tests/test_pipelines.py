@@ -103,6 +103,8 @@ class Streams:
                 if value is not None and prop["type"][0] == "string" and \
                         not isinstance(value, str):
                     value = json.dumps(value)
+                if prop["type"][0] == "integer" and isinstance(value, str):
+                    value = None  # e.g. Merge IDs "[1,2]": cannot be cast, column null
                 record[column] = value
         return record
 

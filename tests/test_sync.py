@@ -53,6 +53,8 @@ def as_column(value: Any, json_type: str) -> Any:
         return None
     if json_type == "string" and not isinstance(value, str):
         return json.dumps(value)
+    if json_type == "integer" and isinstance(value, str):
+        return None  # e.g. Merge IDs "[1,2]": cannot be cast, the column stays null
     return value
 
 
