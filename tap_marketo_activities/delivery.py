@@ -169,10 +169,13 @@ class RecordPath:
         for feed in feeds.values():
             feed.records = 0
             feed.stream.extracted_at = dt.datetime.now(dt.timezone.utc)
-        outside = self._deliver(iter(rows), feeds, window.lower, window.upper)
+        try:
+            outside = self._deliver(iter(rows), feeds, window.lower, window.upper)
+        finally:
+            for feed in feeds.values():
+                feed.stream.records_written += feed.records  # also of a window cut short
         for feed in feeds.values():
             feed.end_window()
-            feed.stream.records_written += feed.records
         return Delivered({f.stream.name: f.records for f in feeds.values()}, outside)
 
     def _deliver(self, rows: Iterator[tuple[RecordBuilder, dict[str, Any]]],
@@ -197,6 +200,8 @@ class RecordPath:
             except ABORTED:
                 assert feed is not None
                 feed.open = False  # --test's one record per stream is out
+                if not any(f.open for f in feeds.values()):
+                    return outside  # the rest of the source is not worth reading
             except (OutputClosed, MarketoError, FileRejected):
                 raise
             except Exception as exc:

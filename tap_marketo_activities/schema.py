@@ -70,6 +70,9 @@ def base_properties(type_id: int) -> dict[str, dict[str, Any]]:
 BASE_COLUMNS = frozenset(EXPORT_COLUMNS)
 # In every record and every export: the key, the replication key, and the routing column.
 ALWAYS_PRESENT = frozenset({KEY, REPLICATION_KEY, "activityTypeId"})
+# Bulk export only (Get Lead Activities has no such field), so not selected unless a catalog
+# asks for it: a stream that selects it cannot take REST increments.
+BULK_ONLY_COLUMNS = frozenset({"actionResult"})
 
 
 def snake_case(name: str) -> str:

@@ -21,12 +21,14 @@ from typing import Any
 from singer_sdk import Stream, Tap
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.mapper import RemoveRecordTransform, SameRecordTransform
+from singer_sdk.singerlib import MetadataMapping
 
 from tap_marketo_activities.output import RecordBufferingWriter, RecordFraming
 from tap_marketo_activities.records import RecordBuilder
 from tap_marketo_activities.schema import (
     ALWAYS_PRESENT,
     BASE_COLUMNS,
+    BULK_ONLY_COLUMNS,
     KEY,
     REPLICATION_KEY,
     type_id_of,
@@ -89,6 +91,17 @@ class ActivityStream(Stream):
         self.framing = RecordFraming(self.name, moment)
 
     @property
+    def metadata(self) -> MetadataMapping:
+        """The SDK's, with the bulk-only columns not selected by default (schema.py)."""
+        mapping = super().metadata
+        for column in BULK_ONLY_COLUMNS:
+            entry = mapping.get(("properties", column))
+            if entry is not None and entry.selected is None and \
+                    entry.selected_by_default is None:
+                entry.selected_by_default = False
+        return mapping
+
+    @property
     def wanted(self) -> bool:
         """Selected, and not dropped by a stream map: worth export quota."""
         return self.selected and not all(
@@ -139,10 +152,15 @@ class ActivityStream(Stream):
             state[LOW_EDGE] = min(low, isoformat(lower)) if low else isoformat(lower)
             state.setdefault("replication_key_value", isoformat(upper))
         else:
-            high = state.get("replication_key_value")
-            state["replication_key_value"] = max(high, isoformat(upper)) if high else \
-                isoformat(upper)
+            self.reached(isoformat(upper))
         self.windows_done += 1
+
+    def reached(self, upper: str) -> None:
+        """Every record before `upper` is written (a REST read's progress)."""
+        state = self.stream_state
+        state["replication_key"] = REPLICATION_KEY
+        high = state.get("replication_key_value")
+        state["replication_key_value"] = max(high, upper) if high else upper
 
     def get_records(self, context: Mapping[str, Any] | None) -> Iterable[dict[str, Any]]:
         """The records the one pass feeds, one per resumption (sync.StreamFeed)."""

@@ -24,17 +24,25 @@ import itertools
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tap_marketo_activities.client import ExportQuotaExhausted, MarketoClient, MarketoError
 from tap_marketo_activities.delivery import Delivered, RecordPath, Window
 from tap_marketo_activities.export import CompletedExport, JobTimings, used_today
+from tap_marketo_activities.increments import (
+    REST_STATE_KEY,
+    CallBudget,
+    RestRead,
+    call_cap,
+    groups_of,
+)
 from tap_marketo_activities.output import OutputClosed
 from tap_marketo_activities.quota import ExportQuota, mb, reset_text
 from tap_marketo_activities.records import (
     REST_COLUMNS,
+    UNASKED_TYPE,
     FileRejected,
     Problems,
     RecordBuilder,
@@ -50,7 +58,7 @@ from tap_marketo_activities.scheduler import (
     PlannedJob,
     plan_jobs,
 )
-from tap_marketo_activities.schema import REPLICATION_KEY
+from tap_marketo_activities.schema import BULK_ONLY_COLUMNS, REPLICATION_KEY
 from tap_marketo_activities.settings import Settings, isoformat
 from tap_marketo_activities.streams import LOW_EDGE, ActivityStream
 from tap_marketo_activities.text import plural
@@ -65,7 +73,12 @@ logger = logging.getLogger(__name__)
 EXPORTS_STATE_KEY = "marketo_exports"  # our jobs still in Marketo, to re-use after a crash
 SIZES_STATE_KEY = "marketo_export_sizes"  # bytes per day per type, learnt from exports
 DELETED_LEADS_KEPT = dt.timedelta(days=14)
+CHECKPOINT_SECONDS = 5.0  # a REST read's progress goes into the state this often
 RESUME_NAMES_SHOWN = 6  # stream names in a `Resuming ...` line; the rest are counted
+
+
+def streams_of(groups: list[list[ActivityStream]]) -> list[ActivityStream]:
+    return [stream for group in groups for stream in group]
 
 
 def plan(streams: list[ActivityStream], settings: Settings) -> list[PlannedJob]:
@@ -108,8 +121,16 @@ class Outcome:
     downloaded_bytes: int = 0
     quota_used_bytes: float = 0.0
     plan_line: str | None = None
+    rest_windows: int = 0
+    rest_calls: int = 0
+    rest_used_today: int = 0
+    rest_budget: int = 0
     failure: Exception | None = None  # ends the run: one ERROR line, exit 1
     warning: str | None = None  # a planned stop (the day's export quota): exit 0
+
+
+class RestBudgetSpent(Exception):
+    """`rest_increments: always` and max_rest_calls_per_day is reached: a planned stop."""
 
 
 class OnePass:
@@ -129,13 +150,18 @@ class OnePass:
         self.deleted = [s for s in streams if not s.bulk and s.wanted]
         self.streams = [s for s in streams if s.bulk and s.wanted]
         self.path = RecordPath(batch_config, self._on_progress)
-        self.stop_reason: MarketoError | FileRejected | None = None
+        self.stop_reason: MarketoError | FileRejected | RestBudgetSpent | None = None
         self.windows_delivered = 0
         self.bytes_downloaded = 0
         self.scheduler: ExportScheduler | None = None
         self.folder: RunFolder | None = None
         self._plan_logged = False
         self._waiting_since: dict[int, float] = {}
+        self.budget = CallBudget.from_state(settings.max_rest_calls_per_day,
+                                            state.get(REST_STATE_KEY),
+                                            dt.datetime.now(dt.timezone.utc))
+        self.rest_windows = 0
+        self._bulk_only_said: set[str] = set()
 
     # -- the run ------------------------------------------------------------------------
 
@@ -146,7 +172,11 @@ class OnePass:
         try:
             for stream in self.deleted:
                 self._deleted_leads(stream)
-            self._bulk()
+            self._rest_increments()
+            if self.stop_reason is None and self.path.open:
+                self._bulk()
+            if isinstance(self.stop_reason, ExportQuotaExhausted):
+                self._rest_instead_of_bulk()
             self.path.finish()
         finally:
             self.close()
@@ -192,16 +222,164 @@ class OnePass:
             stream.covered(window.start, window.end)
             self.write_state()
 
-    def _bulk(self) -> None:
-        if not self.streams:
+    # -- REST increments ------------------------------------------------------------------
+
+    def _rest_increments(self, *, fallback: bool = False) -> None:
+        """The forward increment of each group of streams that share a bookmark, through
+        Get Lead Activities where `rest_increments` and the call budget say so (before any
+        export job is planned: what a read reaches needs none). `fallback`: the day's
+        export quota is gone, so every window the budget covers goes through REST."""
+        mode = self.settings.rest_increments
+        if mode == "off":
             return
-        jobs = plan(self.streams, self.settings)
+        cohorts: dict[dt.datetime, list[ActivityStream]] = {}
+        for stream in self._rest_streams():
+            start = stream.start_instant(self.settings)
+            if start < self.settings.end:
+                cohorts.setdefault(start, []).append(stream)
+        for start, streams in sorted(cohorts.items(), key=lambda item: item[0]):
+            window = Window(start, self.settings.end)
+            groups = len(groups_of([s.type_id for s in streams]))
+            cap = call_cap(mode, self.budget, window.end - window.start, groups, fallback)
+            self._log_rest_choice(window, streams, cap)
+            if cap is None:
+                continue
+            self._rest_window(streams, window, cap)
+            if self.stop_reason is not None or not self.path.open:
+                return
+
+    def _rest_streams(self) -> list[ActivityStream]:
+        """Streams Get Lead Activities can serve: it has no `actionResult`, and no filter on
+        the primary attribute."""
+        streams = []
+        for stream in self.streams:
+            bulk_only = sorted(stream.selected_columns() & BULK_ONLY_COLUMNS)
+            if bulk_only:
+                if stream.name not in self._bulk_only_said:
+                    logger.info("%s selects %s, which Get Lead Activities does not return: "
+                                "it is read through bulk export.", stream.name,
+                                " and ".join(bulk_only))
+                    self._bulk_only_said.add(stream.name)
+            elif stream.type_id not in self.settings.primary_filters:
+                streams.append(stream)
+        return streams
+
+    def _log_rest_choice(self, window: Window, streams: list[ActivityStream],
+                         cap: int | None) -> None:
+        budget = self.budget
+        estimate = budget.estimate(window.end - window.start,
+                                   len(groups_of([s.type_id for s in streams])))
+        about = f"about {plural(estimate, 'call')}" if estimate is not None else \
+            "cost not learnt yet"
+        road = "Get Lead Activities" if cap is not None else "bulk export"
+        logger.info("Increment %s .. %s for %s: through %s (%s; %d of max_rest_calls_per_day="
+                    "%d used today).", window.lower, window.upper,
+                    plural(len(streams), "stream"), road, about, budget.used, budget.limit)
+
+    def _rest_window(self, streams: list[ActivityStream], window: Window, cap: int) -> None:
+        """One REST read of [start, end) for these streams, through the record path, its
+        progress in the state every few seconds."""
+        builders = {s.type_id: s.builder() for s in streams}
+        problems = Problems(f"Get Lead Activities {window.lower} .. {window.upper}")
+        bound = {t: b.bind(REST_COLUMNS, problems) for t, b in builders.items()}
+        read = RestRead(self.client, self.budget, cap, window.start, window.upper,
+                        list(builders))
+        members = [[s for s in streams if s.type_id in group.types] for group in read.groups]
+        calls_before = self.budget.run_calls
+        last_checkpoint = [time.monotonic()]
+
+        def checkpoint() -> None:
+            for group, group_streams in zip(read.groups, members, strict=True):
+                for stream in group_streams:
+                    self.path.feed(stream).end_window()  # BATCH files before the state
+                    if group.edge and not self.dry_run:
+                        stream.reached(group.edge)
+            self.write_state()
+            last_checkpoint[0] = time.monotonic()
+
+        def rows() -> Iterator[tuple[RecordBuilder, dict[str, Any]]]:
+            number = 0
+            for _, activities in read.activities():
+                for activity in activities:
+                    number += 1
+                    type_id = activity.get("activityTypeId")
+                    if type_id not in bound:
+                        problems.report(UNASKED_TYPE, number, f"type {type_id!r}", limit=1)
+                        continue
+                    yield builders[type_id], bound[type_id](rest_cells(activity), number)
+                if time.monotonic() - last_checkpoint[0] >= CHECKPOINT_SECONDS:
+                    checkpoint()
+
+        delivered: Delivered | None = None
+        try:
+            delivered = self.path.deliver(rows(), {builders[s.type_id]: s for s in streams},
+                                          window)
+        except (MarketoError, FileRejected) as exc:
+            self.stop_reason = exc
+            logger.debug("Stopping in %s .. %s", window.lower, window.upper, exc_info=True)
+        finally:
+            read.stop.set()  # --test may end the read early: its threads stop paging
+        checkpoint()
+        self._end_rest_window(read, members, window, delivered, calls_before)
+        if problems.counts:
+            logger.warning("%s had problems: %s", problems.label, problems.summary())
+
+    def _end_rest_window(self, read: RestRead, members: list[list[ActivityStream]],
+                         window: Window, delivered: Delivered | None,
+                         calls_before: int) -> None:
+        done = [s for group, streams in zip(read.groups, members, strict=True) if group.done
+                for s in streams]
+        for group in read.groups:
+            if group.done:
+                self.budget.learn(group.calls, window.end - window.start)
+        if not self.dry_run:
+            for stream in done:
+                stream.windows_done += 1
+        self.rest_windows += bool(done)
+        reached = min((g.edge for g in read.groups if g.edge), default=window.lower)
+        logger.info("Increment %s .. %s: %s for %s through Get Lead Activities in %s (%d of "
+                    "max_rest_calls_per_day=%d used today)%s.", window.lower, window.upper,
+                    plural(sum(delivered.records.values()) if delivered else 0, "record"),
+                    plural(len(streams_of(members)), "stream"),
+                    plural(self.budget.run_calls - calls_before, "call"), self.budget.used,
+                    self.budget.limit,
+                    "; delivered" if len(done) == len(streams_of(members))
+                    else f"; delivered up to {reached}")
+        if read.spent and self.stop_reason is None:
+            self._budget_spent(window, reached)
+
+    def _budget_spent(self, window: Window, reached: str) -> None:
+        if self.settings.rest_increments == "always":
+            resets = reset_text(dt.datetime.now(dt.timezone.utc))
+            self.stop_reason = RestBudgetSpent(
+                f"max_rest_calls_per_day ({self.budget.limit}) is reached for today: the "
+                f"increment is delivered up to {reached}, and the next run after the reset "
+                f"({resets}) goes on from there; raise max_rest_calls_per_day to read more "
+                "a day.")
+        else:
+            logger.info("The REST read of %s .. %s reached its call cap at %s; bulk export "
+                        "takes it from there.", window.lower, window.upper, reached)
+
+    # -- bulk exports ---------------------------------------------------------------------
+
+    def _bulk_streams(self) -> list[ActivityStream]:
+        """`always`: only the streams Get Lead Activities cannot serve go through bulk."""
+        if self.settings.rest_increments != "always":
+            return self.streams
+        rest = self._rest_streams()
+        return [s for s in self.streams if s not in rest]
+
+    def _bulk(self) -> None:
+        streams = self._bulk_streams()
+        if not streams:
+            return
+        jobs = plan(streams, self.settings)
         self._log_plan(jobs)
         if not jobs:
             return
         self.scheduler = self._scheduler(jobs)
         self._log_plan_line()  # sizes known from earlier runs: the plan before any export
-        for stream in self.streams:
+        for stream in streams:
             self.path.feed(stream)
         self.scheduler.start()
         index = 0
@@ -209,6 +387,18 @@ class OnePass:
             if not self._window(planned):
                 break
             index += 1
+
+    def _rest_instead_of_bulk(self) -> None:
+        """The day's export quota is gone: what the call budget covers of the increment
+        goes through Get Lead Activities instead of waiting for midnight."""
+        if self.settings.rest_increments == "off" or self.budget.left() <= 0:
+            return
+        quota_stop, self.stop_reason = self.stop_reason, None
+        logger.info("The export quota is gone for today: the increment goes on through Get "
+                    "Lead Activities, within max_rest_calls_per_day.")
+        self._rest_increments(fallback=True)
+        if self.stop_reason is None and plan(self._bulk_streams(), self.settings):
+            self.stop_reason = quota_stop  # older windows, or streams REST cannot serve
 
     def _scheduler(self, jobs: list[PlannedJob]) -> ExportScheduler:
         settings, client = self.settings, self.client
@@ -300,6 +490,7 @@ class OnePass:
     def write_state(self) -> None:
         """One STATE: every stream's bookmark, our jobs still needed, the learnt sizes."""
         version = None
+        self.state[REST_STATE_KEY] = self.budget.saved()
         if self.scheduler is not None:
             version, exports = self.scheduler.exports_for_state()
             if exports:
@@ -358,8 +549,14 @@ class OnePass:
         if self.scheduler is not None:
             outcome.jobs = sum(1 for p in self.scheduler.jobs if p.job is not None)
             outcome.quota_used_bytes = self.scheduler.quota.used_bytes
+        outcome.rest_windows = self.rest_windows
+        outcome.rest_calls = self.budget.run_calls
+        outcome.rest_used_today = self.budget.used
+        outcome.rest_budget = self.budget.limit
         reason = self.stop_reason
-        if isinstance(reason, ExportQuotaExhausted):
+        if isinstance(reason, RestBudgetSpent):
+            outcome.warning = str(reason)  # the increment goes on tomorrow
+        elif isinstance(reason, ExportQuotaExhausted):
             if self.windows_delivered:
                 outcome.warning = self.stop_line()  # a multi-day backfill goes on tomorrow
             else:

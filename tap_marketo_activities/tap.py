@@ -33,6 +33,7 @@ from tap_marketo_activities.client import (
     excerpt,
 )
 from tap_marketo_activities.delivery import StreamMapFailed
+from tap_marketo_activities.increments import REST_STATE_KEY
 from tap_marketo_activities.output import OutputClosed, RecordBufferingWriter, Terminated
 from tap_marketo_activities.quota import MB
 from tap_marketo_activities.records import FileRejected
@@ -171,7 +172,8 @@ class TapMarketoActivities(Tap):
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
-        for key in (EXPORTS_STATE_KEY, SIZES_STATE_KEY):  # the SDK keeps only `bookmarks`
+        # The SDK keeps only `bookmarks`.
+        for key in (EXPORTS_STATE_KEY, SIZES_STATE_KEY, REST_STATE_KEY):
             if state.get(key):
                 self.raw_state[key] = state[key]
 
@@ -269,8 +271,12 @@ class TapMarketoActivities(Tap):
                       for name, records, windows in rows]
         lines.append(f"{plural(outcome.jobs, 'export job')}, "
                      f"{outcome.downloaded_bytes / MB:.2f} MB downloaded, "
-                     f"{outcome.quota_used_bytes / MB:.2f} MB of export quota used today, "
-                     f"{self.client.calls} API calls, {elapsed:.1f} s.")
+                     f"{outcome.quota_used_bytes / MB:.2f} MB of export quota used today; "
+                     f"{plural(outcome.rest_windows, 'REST increment')}, "
+                     f"{plural(outcome.rest_calls, 'Get Lead Activities call')} "
+                     f"({outcome.rest_used_today} of max_rest_calls_per_day="
+                     f"{outcome.rest_budget} used today); "
+                     f"{plural(self.client.calls, 'API call')} in all, {elapsed:.1f} s.")
         if outcome.plan_line and not self.dry_run:
             lines.append(outcome.plan_line)
         logger.info("Sync summary:\n%s", "\n".join(lines))
