@@ -90,3 +90,18 @@ def test_quick_start_first_run_then_a_run_that_resumes(tmp_path: Path, box: Sand
     # Only rows stamped exactly on the bookmark can come again (see "How a sync runs").
     assert all(r["activityDate"] >= MID for r in records)
     assert bookmarks(tmp_path) == {END}
+
+
+def test_the_about_sample_is_what_about_prints() -> None:
+    text = (ROOT / "README.md").read_text()
+    sample = re.search(r"`tap-marketo-activities --about` prints.*?```\n(.*?)```", text, re.S)
+    assert sample is not None
+    shown = [line for line in sample.group(1).splitlines() if "…" not in line]
+    printed = subprocess.run([sys.executable, "-m", "tap_marketo_activities", "--about"],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    # Every line shown, in the order shown, with only the README's … lines left out.
+    position = 0
+    for line in shown:
+        assert line in printed[position:], f"--about does not print {line!r} there"
+        position = printed.index(line, position) + 1
+    assert len(shown) >= 20
