@@ -94,6 +94,15 @@ class FileNotReady(MarketoError):
     """HTTP 404 on file.json: not ready yet, or gone after the retention period."""
 
 
+class PastTheEnd(FatalError):
+    """HTTP 416 on a Range request for file.json: nothing from that byte on. `total` is
+    the file's length from `Content-Range: bytes */<total>`, None when it is not given."""
+
+    def __init__(self, message: str, total: int | None) -> None:
+        super().__init__(message)
+        self.total = total
+
+
 class OddAnswer(RetriableError):
     """Marketo answered something that is not what the call returns (not the envelope, an
     empty or null result, a list where an object belongs, an unknown status, a web page
@@ -502,6 +511,11 @@ class MarketoClient:
         if response.status_code == 404:
             response.close()
             raise FileNotReady(f"{path} answered 404: the file is not there")
+        if response.status_code == 416 and first_byte:
+            response.close()
+            total = re.fullmatch(r"bytes \*/(\d+)", response.headers.get("Content-Range", ""))
+            raise PastTheEnd(f"{path} answered 416 to a Range from byte {first_byte}",
+                             int(total.group(1)) if total else None)
         content_type = response.headers.get("Content-Type", "").lower()
         if "json" in content_type or "html" in content_type:
             with response:

@@ -25,6 +25,7 @@ from tap_marketo_activities.client import (
     FileNotReady,
     JobAlreadyQueued,
     MarketoClient,
+    PastTheEnd,
     QueueFull,
     Stopped,
     excerpt,
@@ -381,7 +382,8 @@ class ExportJob:
     def _download(self, export_id: str, status: dict[str, Any]) -> CompletedExport:
         """The file, accepted only when verifiably whole: its sha256 is Marketo's
         fileChecksum, or else its size is fileSize; with neither, the HTTP lengths checked
-        by `_fetch` and the row count checked when the file is read are what is left."""
+        by `_fetch` (or its Range request past the end) and the row count checked when the
+        file is read are what is left."""
         path = self.workdir / f"{export_id}.{self.spec.export_format.lower()}"
         expected = str(status.get("fileChecksum") or "").removeprefix("sha256:").lower()
         size = _count(status.get("fileSize"))
@@ -389,9 +391,10 @@ class ExportJob:
         if not expected and size is None:
             self._note("status has no fileChecksum or fileSize: checking the HTTP length, "
                        "then the rows against numberOfRecords"
-                       + ("" if records is not None else " (absent too: unverifiable)"))
+                       + ("" if records is not None else " (absent too)"))
         for attempt in range(1, CHECKSUM_ATTEMPTS + 1):
-            digest = self._fetch(export_id, path, size)
+            digest = self._fetch(export_id, path, size, confirm_end=not expected,
+                                 end_needed=records is None)
             got = path.stat().st_size
             if expected and digest != expected:
                 wrong = "sha256 of the file does not match Marketo's fileChecksum"
@@ -420,9 +423,11 @@ class ExportJob:
             self._note("file refused")
             raise FileRefused(f"Export for {spec.label}: {exc}") from None
 
-    def _fetch(self, export_id: str, path: Path, size: int | None) -> str:
+    def _fetch(self, export_id: str, path: Path, size: int | None, *,
+               confirm_end: bool = False, end_needed: bool = False) -> str:
         """Download to `path`, resuming with Range after a break: a body that ends before
-        its Content-Length (or Content-Range total, or fileSize) is a break. Returns the
+        its Content-Length (or Content-Range total, or fileSize) is a break. A body whose
+        end nothing gives is confirmed by `_confirmed_end` when `confirm_end`. Returns the
         sha256."""
         hasher = hashlib.sha256()
         received = 0
@@ -447,6 +452,8 @@ class ExportJob:
                             received += len(chunk)
                             self.received = received
                     total = promised if promised is not None else size
+                    if total is None and confirm_end:
+                        total = self._confirmed_end(export_id, url, received, end_needed)
                     if total is None or received >= total:
                         return hasher.hexdigest()
                     raise requests.ConnectionError(f"stream ended at byte {received} of "
@@ -467,6 +474,34 @@ class ExportJob:
                     logger.warning("Download of %s broke at byte %d of %s (%s): resuming.",
                                    export_id, received, size,
                                    self.client.redact(type(exc).__name__))
+
+    def _confirmed_end(self, export_id: str, url: str, received: int,
+                       needed: bool) -> int | None:
+        """The file's length, asked with a Range request from the byte after the body: 416
+        with `Content-Range: bytes */<n>` gives n; a 206 means the body was cut (a break,
+        resumed). None when the server does not say and `needed` is false (the row count
+        checks the file); when needed, the file is refused: nothing could show it whole."""
+        if received == 0:
+            raise requests.ConnectionError("the body was empty")
+        try:
+            response = self.client.open_file(url, received)
+        except PastTheEnd as past:
+            if past.total is not None:
+                return past.total
+            reason = "answered 416 without the file's length"
+        else:
+            response.close()
+            if response.status_code == 206:
+                raise requests.ConnectionError(f"the body ended at byte {received}, "
+                                               "the file goes on")
+            reason = "ignored a Range request past its end"
+        if not needed:
+            return None
+        raise FatalError(f"Export {export_id} ({self.spec.label}): Marketo gave no fileSize, "
+                         "fileChecksum or numberOfRecords, the file came without "
+                         f"Content-Length and {reason}, so nothing confirms that it is "
+                         "whole. Nothing from this window was bookmarked; run again later, "
+                         "and if it persists, report it to Marketo support with this line.")
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -101,16 +101,41 @@ def test_a_cut_download_without_size_or_checksum_is_resumed(tmp_path: Path) -> N
 
 
 def test_a_cut_file_with_only_its_record_count_stops_before_its_window(tmp_path: Path) -> None:
-    # No size, no checksum, no Content-Length: the row count is what tells the cut.
+    # No size, no checksum, no Content-Length, Range ignored: the row count tells the cut.
     with Sandbox(job_latency=0.2, data_start=START, data_end=END) as box:
         box.set_faults(hide_status_fields=["fileSize", "fileChecksum"], cut_file_times=1,
-                       close_delimited_files=True)
+                       close_delimited_files=True, ignore_ranges=True)
         run = run_tap(tmp_path, config_for(box))
         assert_clean_stop(run, box, "so it is not whole")
         assert "Marketo counted" in one_error(run)
         bookmarks = run.last_state.get("bookmarks", {})
         assert all(b.get("replication_key_value", START) < END for name, b in bookmarks.items()
                    if name != DELETED)
+        finish_after(run, box, tmp_path)
+
+
+def test_a_cut_file_that_nothing_describes_is_confirmed_by_its_length(tmp_path: Path) -> None:
+    # No size, checksum or record count, no Content-Length, the cut at a line end: only a
+    # Range request past the end (416, Content-Range: bytes */<size>) can tell.
+    with Sandbox(job_latency=0.2, data_start=START, data_end=END) as box:
+        box.set_faults(hide_status_fields=["fileSize", "fileChecksum", "numberOfRecords"],
+                       cut_file_times=1, close_delimited_files=True)
+        run = run_tap(tmp_path, config_for(box))
+        assert_complete(run, box)
+        assert box.stats()["injected"]["cut_file"] >= 3
+        assert "resuming" in run.stderr
+
+
+def test_a_file_whose_length_nothing_confirms_is_refused_and_its_window_kept(
+        tmp_path: Path) -> None:
+    # As above, and the server does not confirm the length either (no Range support).
+    with Sandbox(job_latency=0.2, data_start=START, data_end=END) as box:
+        box.set_faults(hide_status_fields=["fileSize", "fileChecksum", "numberOfRecords"],
+                       cut_file_times=1, close_delimited_files=True, ignore_ranges=True)
+        run = run_tap(tmp_path, config_for(box))
+        assert_clean_stop(run, box, "nothing confirms that it is whole")
+        one_error(run)
+        assert set(run.records) <= {DELETED}
         finish_after(run, box, tmp_path)
 
 

@@ -30,7 +30,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from conftest import TapRun, delivered_rows, parse_output, run_tap
+from conftest import TapRun, all_guids, delivered_rows, parse_output, run_tap
+from test_readme import MELTANO_SECTION, delivered, meltano_shell, readme_block
 
 from tap_marketo_activities.sandbox import Sandbox
 
@@ -623,3 +624,30 @@ def test_number_settings_from_environment_variables(box: Sandbox, streams: Strea
     run = env_run(tmp_path, {**env_settings(box, type_ids),
                              "TAP_MARKETO_ACTIVITIES_POLL_INTERVAL_SECONDS": "0.1"})
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+# ---- the README's "With Meltano" blocks, in this project ----------------------------------
+
+def test_with_meltano_in_this_repository(tmp_path: Path, box: Sandbox) -> None:
+    setup = readme_block("bash scripts/setup", MELTANO_SECTION)
+    # scripts/test has run scripts/setup; the sandbox is the test's own, on a free port
+    # (8765 may be taken by another run): its URL comes in as the environment variable
+    # that meltano.yml's base_url gives way to.
+    kept = [line for line in setup.splitlines()
+            if "scripts/setup" not in line and "tap-marketo-activities-sandbox" not in line]
+    assert len(kept) == 2, kept
+    runs = readme_block("target-postgres", MELTANO_SECTION)
+    schema = f"readme_{os.getpid()}"
+    pg = Postgres(connection_settings(), psql_binary())
+    done = meltano_shell(ROOT, "\n".join(kept) + "\n" + runs, tmp_path, {
+        "TAP_MARKETO_ACTIVITIES_BASE_URL": box.base_url,
+        "TARGET_JSONL_DESTINATION_PATH": str(tmp_path / "jsonl"),
+        "TARGET_POSTGRES_DEFAULT_TARGET_SCHEMA": schema})
+    try:
+        assert done.returncode == 0, done.stderr[-4000:]
+        expected = all_guids(box, START, END)
+        records = delivered(tmp_path / "jsonl")
+        assert sorted(r["marketoGUID"] for r in records) == sorted(expected)
+        assert sum(pg.counts(schema).values()) == len(expected)
+    finally:
+        pg.run_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -1,8 +1,9 @@
 """The README's quick start, run as written against the sandbox: the discovery block, then
 the `run.sh` block twice. The first run has no state file; the second resumes from the state
-the first one left and delivers only what came after it.
+the first one left and delivers only what came after it. Then its "With Meltano" blocks, in
+this repository's project and in a project of the test's own.
 
-Needs target-jsonl from .meltano/ (scripts/pipelines-setup installs it).
+Needs target-jsonl from .meltano/, Meltano and PostgreSQL (scripts/pipelines-setup).
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ MID = "2024-02-01T00:00:00Z"  # the first run's end_date
 END = "2024-03-01T00:00:00Z"  # the second run's
 
 
-def readme_block(marker: str) -> str:
-    """The one ```bash block of the README's quick start that contains `marker`."""
+def readme_block(marker: str, section: tuple[str, str] = ("## Quick start",
+                                                           "### With Meltano")) -> str:
+    """The one ```bash block of a README section (the quick start unless told) that
+    contains `marker`."""
     text = (ROOT / "README.md").read_text()
-    quick_start = text[text.index("## Quick start"):text.index("### With Meltano")]
-    found = [b for b in re.findall(r"```bash\n(.*?)```", quick_start, re.S) if marker in b]
-    assert len(found) == 1, f"{len(found)} quick-start blocks contain {marker!r}"
+    part = text[text.index(section[0]):text.index(section[1])]
+    found = [b for b in re.findall(r"```bash\n(.*?)```", part, re.S) if marker in b]
+    assert len(found) == 1, f"{len(found)} blocks of {section[0]!r} contain {marker!r}"
     return found[0]
 
 
@@ -90,3 +93,70 @@ def test_quick_start_first_run_then_a_run_that_resumes(tmp_path: Path, box: Sand
     # Only rows stamped exactly on the bookmark can come again (see "How a sync runs").
     assert all(r["activityDate"] >= MID for r in records)
     assert bookmarks(tmp_path) == {END}
+
+
+def test_the_about_sample_is_what_about_prints() -> None:
+    text = (ROOT / "README.md").read_text()
+    sample = re.search(r"`tap-marketo-activities --about` prints.*?```\n(.*?)```", text, re.S)
+    assert sample is not None
+    shown = [line for line in sample.group(1).splitlines() if "…" not in line]
+    printed = subprocess.run([sys.executable, "-m", "tap_marketo_activities", "--about"],
+                             capture_output=True, text=True, check=True).stdout.splitlines()
+    # Every line shown, in the order shown, with only the README's … lines left out.
+    position = 0
+    for line in shown:
+        assert line in printed[position:], f"--about does not print {line!r} there"
+        position = printed.index(line, position) + 1
+    assert len(shown) >= 20
+
+
+# ---- "With Meltano" ---------------------------------------------------------------------
+
+MELTANO_SECTION = ("### With Meltano", "## Configuration")  # its blocks in this project:
+# tests/test_pipelines.py, whose Meltano runs share this project's .meltano/run
+MELTANO_BIN = ROOT / ".venv-meltano" / "bin"
+MELTANO_END = "2024-01-11T00:00:00Z"  # meltano.yml's sandbox environment ends here
+
+
+def meltano_shell(cwd: Path, script: str, tmp: Path,
+                  env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """bash SCRIPT with nothing from the caller's TAP_/TARGET_/MELTANO_ variables, and a
+    Meltano system database (so state) of the test's own."""
+    assert (MELTANO_BIN / "meltano").exists(), "run `bash scripts/pipelines-setup`"
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("TAP_MARKETO", "TARGET_", "MELTANO_", "PG"))}
+    clean.update({"MELTANO_DATABASE_URI": f"sqlite:///{tmp}/meltano.db",
+                  "MELTANO_SEND_ANONYMOUS_USAGE_STATS": "false", **env})
+    return subprocess.run(["bash", "-ec", script], cwd=cwd, env=clean, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def meltano_box() -> Iterator[Sandbox]:
+    with Sandbox(job_latency=0.05, data_start=START, data_end=MELTANO_END) as sandbox:
+        yield sandbox
+
+
+def test_with_meltano_in_a_project_of_your_own(tmp_path: Path, meltano_box: Sandbox) -> None:
+    add_tap = readme_block("--from-ref <checkout>", MELTANO_SECTION)
+    add_target = readme_block("target-jsonl.yml", MELTANO_SECTION)
+    # Settings from the environment instead of the interactive prompt.
+    interactive = [line for line in add_target.splitlines() if "--interactive" in line]
+    assert len(interactive) == 1
+    script = (add_tap + add_target).replace("<checkout>", str(ROOT))
+    script = script.replace(interactive[0] + "\n", "")
+    env = {f"TAP_MARKETO_ACTIVITIES_{name.upper()}": str(value)
+           for name, value in {**meltano_box.config, "start_date": START,
+                               "end_date": MELTANO_END, "window_days": 5,
+                               "poll_interval_seconds": 1}.items()}  # integer: Meltano 4.4
+    env["PATH"] = os.pathsep.join([str(MELTANO_BIN), os.environ["PATH"]])
+    done = meltano_shell(tmp_path, "meltano init --no-usage-stats project", tmp_path, env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    project = tmp_path / "project"
+    done = meltano_shell(project, script, tmp_path, env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    plugins = (project / "meltano.yml").read_text()
+    assert f"pip_url: {ROOT}\n" in plugins and "pip_url: target-jsonl==0.1.4" in plugins
+    records = delivered(project / "output")
+    assert sorted(r["marketoGUID"] for r in records) == \
+        sorted(all_guids(meltano_box, START, MELTANO_END))

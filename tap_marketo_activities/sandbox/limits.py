@@ -66,6 +66,8 @@ class Faults:
     close_delimited_files: bool = False
     # The first N downloads of each file end early, the connection closed.
     cut_file_times: int = 0
+    # Range headers on file downloads are ignored: every answer is the whole file, HTTP 200.
+    ignore_ranges: bool = False
     # A file unlike what was asked (FILE_DEFECTS): its checksum and size still match it.
     file_defect: str = ""
     # Rows of an activity type the job did not ask for, added to each file.
