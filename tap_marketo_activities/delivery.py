@@ -159,7 +159,7 @@ class RecordPath:
     @property
     def open(self) -> bool:
         """Some stream still takes records (--test closes each after its first)."""
-        return any(feed.open for feed in self.feeds.values())
+        return not self.feeds or any(feed.open for feed in self.feeds.values())
 
     def deliver(self, rows: Rows, streams: Mapping[RecordBuilder, ActivityStream],
                 window: Window) -> Delivered:
