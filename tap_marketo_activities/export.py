@@ -29,6 +29,7 @@ from tap_marketo_activities.client import (
     Stopped,
     excerpt,
 )
+from tap_marketo_activities.instants import parse_datetime
 from tap_marketo_activities.quota import central_midnight
 from tap_marketo_activities.records import FileRejected, check_file
 from tap_marketo_activities.schema import EXPORT_COLUMNS
@@ -191,8 +192,7 @@ def used_today(client: MarketoClient, now: dt.datetime) -> int:
     used = 0
     for job in list_exports(client, ("Completed",)):
         try:
-            finished = dt.datetime.fromisoformat(str(job.get("finishedAt")).replace("Z",
-                                                                                    "+00:00"))
+            finished = parse_datetime(str(job.get("finishedAt")))
         except ValueError:
             continue
         if finished >= since:
