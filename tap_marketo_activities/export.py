@@ -29,11 +29,11 @@ from tap_marketo_activities.client import (
     Stopped,
     excerpt,
 )
-from tap_marketo_activities.instants import parse_datetime
+from tap_marketo_activities.instants import isoformat, parse_datetime
 from tap_marketo_activities.quota import central_midnight
 from tap_marketo_activities.records import FileRejected, check_file
 from tap_marketo_activities.schema import EXPORT_COLUMNS
-from tap_marketo_activities.settings import PrimaryFilter, isoformat
+from tap_marketo_activities.settings import PrimaryFilter
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
 
-from tap_marketo_activities.instants import isoformat as isoformat  # its callers' old home
+# isoformat lives in instants.py; sync.py and streams.py still import it from here.
+from tap_marketo_activities.instants import isoformat as isoformat
 from tap_marketo_activities.instants import parse_datetime
 from tap_marketo_activities.quota import MB
 
