@@ -222,7 +222,7 @@ def test_each_file_shape_is_delivered_as_the_canonical_shape(
     for text in _raw_files(raw):  # the sandbox did write the shape
         header, first = text.split("\n")[:2]
         assert (", leadId" in header) == shape.spaced_header
-        assert (',"[{""name"":' in first) == shape.attributes_as_list
+        assert ('"[{""name"":' in text) == shape.attributes_as_list
         assert bool(re.search(r"T\d\d:\d\d:\d\d[+-]", first)) == bool(shape.date_offset)
     assert _delivered(run) == _delivered(canonical)
     dates = [r["activityDate"] for rows in run.records.values() for r in rows]
