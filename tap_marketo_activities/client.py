@@ -67,7 +67,15 @@ class CredentialsRefused(FatalError):
 
 
 class QuotaExhausted(MarketoError):
-    """607 or the 500 MB export quota: stop cleanly and resume after midnight US Central."""
+    """A daily quota is used up: stop cleanly and resume after midnight US Central."""
+
+
+class CallQuotaExhausted(QuotaExhausted):
+    """607: the instance's daily API calls are used up (every integration's)."""
+
+
+class ExportQuotaExhausted(QuotaExhausted):
+    """The day's bulk export quota is used up: Marketo's 500 MB, or this tap's own cap."""
 
 
 class QueueFull(MarketoError):
@@ -125,14 +133,14 @@ ERROR_CODES: dict[str, tuple[CodeRule, ...]] = {
                      "allow-list must admit this host."),),
     "604": (CodeRule(RetriableError),),  # request timed out
     "606": (CodeRule(RateLimited, back_off_window=True),),  # 100 calls per 20 s passed
-    "607": (CodeRule(QuotaExhausted, "Marketo's daily API call quota (607) is used up. "
+    "607": (CodeRule(CallQuotaExhausted, "Marketo's daily API call quota (607) is used up. "
                      + QUOTA_RESETS),),
     "608": (CodeRule(RetriableError),),  # API temporarily unavailable
     "611": (CodeRule(RetriableError),),  # system error
     "615": (CodeRule(RetriableError),),  # concurrent access limit reached
     "713": (CodeRule(RetriableError),),  # transient error
     "1029": (
-        CodeRule(QuotaExhausted, "Marketo's daily bulk export quota is used up ({message}). "
+        CodeRule(ExportQuotaExhausted, "Marketo's daily bulk export quota is used up ({message}). "
                  + QUOTA_RESETS, when="quota"),
         CodeRule(JobAlreadyQueued, when="already queued"),  # our retried enqueue did happen
         CodeRule(QueueFull),  # too many jobs in queue
@@ -377,10 +385,12 @@ class MarketoClient:
     # -- calls --------------------------------------------------------------------------
 
     def get(self, path: str, params: Mapping[str, Any] | None = None,
-            check: Callable[[Any], str | None] | None = None) -> dict[str, Any]:
+            check: Callable[[Any], str | None] | None = None,
+            before_each: Callable[[], None] | None = None) -> dict[str, Any]:
         """The envelope of a GET; `check(result)` names what is wrong with its result, if
-        anything (then the answer is odd, and retried)."""
-        return self._send("GET", path, params=params, check=check)
+        anything (then the answer is odd, and retried). `before_each()` runs before every
+        attempt, retries included (a call budget: what it raises ends the call)."""
+        return self._send("GET", path, params=params, check=check, before_each=before_each)
 
     def pages(self, path: str, params: Mapping[str, Any],
               check: Callable[[Any], str | None] | None = None) -> Iterator[Any]:
@@ -414,9 +424,10 @@ class MarketoClient:
         return envelope["result"][0]
 
     def _send(self, method: str, path: str, params: Mapping[str, Any] | None = None,
-              body: Any = None, check: Callable[[Any], str | None] | None = None
-              ) -> dict[str, Any]:
-        return self._with_retries(self._send_once, method, path, params, body, check)
+              body: Any = None, check: Callable[[Any], str | None] | None = None,
+              before_each: Callable[[], None] | None = None) -> dict[str, Any]:
+        return self._with_retries(self._send_once, method, path, params, body, check, None,
+                                  before_each)
 
     def _with_retries(self, call: Callable[..., T], method: str, path: str, *args: Any) -> T:
         """The one retry policy: exponential backoff with full jitter, capped per wait and
@@ -452,7 +463,10 @@ class MarketoClient:
 
     def _send_once(self, method: str, path: str, params: Mapping[str, Any] | None,
                    body: Any, check: Callable[[Any], str | None] | None = None,
-                   timeout: tuple[float, float] | None = None) -> dict[str, Any]:
+                   timeout: tuple[float, float] | None = None,
+                   before_each: Callable[[], None] | None = None) -> dict[str, Any]:
+        if before_each is not None:
+            before_each()
         response = self._call(method, path, params=params, json_body=body, timeout=timeout)
         try:
             envelope = response.json()

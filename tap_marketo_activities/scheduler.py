@@ -29,7 +29,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tap_marketo_activities.client import MarketoClient, QuotaExhausted, Stopped
+from tap_marketo_activities.client import (
+    ExportQuotaExhausted,
+    MarketoClient,
+    QuotaExhausted,
+    Stopped,
+)
 from tap_marketo_activities.export import (
     EXPORT_FIELDS,
     FIRST_POLL_SECONDS,
@@ -335,7 +340,7 @@ class ExportScheduler:
                     self._cond.wait(WAIT_TICK_SECONDS)
                     continue
                 if verdict == "refuse":
-                    self.refusal = QuotaExhausted(self.quota.cap_reached(
+                    self.refusal = ExportQuotaExhausted(self.quota.cap_reached(
                         dt.datetime.now(dt.timezone.utc)))
                     continue
                 self._next += 1
@@ -345,7 +350,11 @@ class ExportScheduler:
         """go, wait or refuse: the quota's word on the next job (cutting it to fit)."""
         earlier = self._earlier_for(planned)
         if earlier is not None:
+            whole = planned.spec.label
             self._cut(planned, earlier.end - earlier.start)
+            if planned.spec.label != whole:
+                logger.info("Export %s: an earlier run's job covers its first part, re-used; "
+                            "the rest of the window is one more job.", whole)
             planned.spec = earlier
             planned.reserved = self.quota.reserve(self.quota.estimate(
                 planned.size_keys, planned.seconds))
@@ -364,8 +373,9 @@ class ExportScheduler:
             if hours < 1 or (cut or 0.0) < WORTH_A_JOB * self.quota.cap_bytes:
                 return "refuse"  # the day's last crumbs of quota are not worth a job
             self._cut(planned, hours * SMALLEST_CUT)
-            logger.info("Export %s: cut to fit the %s left under max_export_mb_per_day.",
-                        planned.spec.label, mb(self.quota.room()))
+            logger.info("Export %s: cut to fit the %s left under max_export_mb_per_day; the "
+                        "rest of the window is one more job.", planned.spec.label,
+                        mb(self.quota.room()))
             estimate = self.quota.estimate(planned.size_keys, planned.seconds)
         planned.reserved = self.quota.reserve(estimate)
         return "go"
@@ -376,7 +386,13 @@ class ExportScheduler:
         room = self.quota.room()
         if room <= 0:
             return "refuse"
+        whole = planned.spec.label
         self._cut(planned, PROBE if room >= self.quota.cap_bytes / 2 else SMALLEST_CUT)
+        if planned.spec.label != whole:
+            logger.info("Export %s: no export size is known yet, so its first %s goes alone "
+                        "as a probe (the size sets the quota's plan); the rest of the window "
+                        "is one more job.", whole,
+                        "day" if planned.seconds >= PROBE.total_seconds() else "hour")
         planned.reserved = self.quota.reserve(None)
         return "go"
 

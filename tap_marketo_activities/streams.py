@@ -1,8 +1,9 @@
 """Streams and state: one stream per activity type, and what each stream has covered.
 
-A bulk stream does not fetch anything itself: the one pass over each window's export file
-(`sync.py`) feeds it its records one at a time through the SDK's own record loop, so stream
-maps, flattening, record counts and `--test`'s record limit work as for any SDK stream.
+A stream does not fetch anything itself: the one pass (`sync.py`) feeds it the records of
+every source (export files, REST pages) one at a time through the SDK's own record loop
+(`delivery.py`), so stream maps, flattening, BATCH, record counts and `--test`'s record
+limit work as for any SDK stream.
 
 A stream's state holds the window edges it has covered: `replication_key_value`, the newest
 (everything before it is delivered, from `start_date` or from `covered_from`), and, once a
@@ -15,14 +16,14 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-from singer_sdk import Stream
+from singer_sdk import Stream, Tap
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.mapper import RemoveRecordTransform, SameRecordTransform
 
 from tap_marketo_activities.output import RecordBufferingWriter, RecordFraming
-from tap_marketo_activities.records import REST_COLUMNS, Problems, RecordBuilder, rest_cells
+from tap_marketo_activities.records import RecordBuilder
 from tap_marketo_activities.schema import (
     ALWAYS_PRESENT,
     BASE_COLUMNS,
@@ -32,32 +33,9 @@ from tap_marketo_activities.schema import (
 )
 from tap_marketo_activities.settings import Settings, isoformat, parse_instant
 
-if TYPE_CHECKING:
-    from tap_marketo_activities.client import MarketoClient
-    from tap_marketo_activities.tap import TapMarketoActivities
-
 logger = logging.getLogger(__name__)
 
-PAGING_TOKEN_PATH = "/rest/v1/activities/pagingtoken.json"
-DELETED_LEADS_PATH = "/rest/v1/activities/deletedleads.json"
-DELETED_LEADS_KEPT = dt.timedelta(days=14)
 LOW_EDGE = "covered_from"  # the oldest instant a newest-first backfill has reached
-
-
-class MarketoTap(Protocol):
-    """What a stream needs of the tap."""
-
-    @property
-    def settings(self) -> Settings: ...
-
-    @property
-    def client(self) -> MarketoClient: ...
-
-    @property
-    def dry_run(self) -> bool: ...
-
-    @property
-    def message_writer(self) -> Any: ...
 
 
 class ActivityStream(Stream):
@@ -71,9 +49,9 @@ class ActivityStream(Stream):
     # SDK's conformance pass would only cost time.
     TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE
 
-    def __init__(self, tap: TapMarketoActivities, name: str, schema: dict[str, Any]) -> None:
+    def __init__(self, tap: Tap, name: str, schema: dict[str, Any]) -> None:
         super().__init__(tap, schema=schema, name=name)
-        self.marketo: MarketoTap = tap
+        self.tap_of_stream = tap  # the message writer's owner (not Stream._tap: SDK-private)
         self.type_id = type_id_of(schema)
         self.windows_done = 0
         self.records_written = 0
@@ -95,7 +73,7 @@ class ActivityStream(Stream):
         # object and stamps it with the clock; RecordBuilder already built only the
         # selected fields, and one extraction time per window is as true. Stream maps and
         # flattening take the SDK's path.
-        writer = self.marketo.message_writer
+        writer = self.tap_of_stream.message_writer
         if not self.plain_output or not isinstance(writer, RecordBufferingWriter):
             super()._write_record_message(record)
             return
@@ -172,11 +150,15 @@ class ActivityStream(Stream):
             yield record
 
     def _write_state_message(self) -> None:
-        """The one pass writes every STATE of a bulk stream, one per window for all the
-        streams it served; the SDK's own (every 10,000 records, at a stream's end, when
-        --test's record limit aborts it) would only repeat it, or speak for --test."""
-        if not self.bulk:
-            super()._write_state_message()
+        """The one pass writes every STATE, one per window for all the streams it served;
+        the SDK's own (every 10,000 records, at a stream's end, when --test's record limit
+        aborts it) would only repeat it, or speak for --test."""
+
+    def _write_starting_replication_value(self, context: Any) -> None:
+        """The SDK logs 'Starting incremental sync ... with bookmark value' when the record
+        loop starts, which in the one pass is after earlier windows moved the bookmark: the
+        one pass logs where each stream resumes instead (sync.OnePass._log_resume), and
+        nothing reads the SDK's `starting_replication_value`."""
 
     def _increment_stream_state(self, latest_record: dict, *, context: Any = None) -> None:
         """Bookmarks move per finished window (`covered`), never per record: rows of one
@@ -184,30 +166,7 @@ class ActivityStream(Stream):
 
 
 class DeletedLeadStream(ActivityStream):
-    """Type 37, Delete Lead: not exportable in bulk, read from Get Deleted Leads."""
+    """Type 37, Delete Lead: not exportable in bulk; the one pass reads Get Deleted Leads
+    for it (sync.OnePass), through the same record path."""
 
     bulk = False
-
-    def get_records(self, context: Mapping[str, Any] | None) -> Iterable[dict[str, Any]]:
-        if not self.wanted:
-            return
-        settings, client = self.marketo.settings, self.marketo.client
-        since = self.start_instant(settings)
-        now = dt.datetime.now(dt.timezone.utc)
-        if since < now - DELETED_LEADS_KEPT:
-            logger.warning("%s: resuming at %s, but Marketo keeps deleted leads for 14 days: "
-                           "deletions before %s may be gone.", self.name, isoformat(since),
-                           isoformat(now - DELETED_LEADS_KEPT))
-        end = isoformat(settings.end)
-        problems = Problems(self.name)
-        record_of = self.builder().bind(REST_COLUMNS, problems)
-        first = client.get(PAGING_TOKEN_PATH, {"sinceDatetime": isoformat(since)})
-        token = first.get("nextPageToken")
-        items = client.pages(DELETED_LEADS_PATH, {"nextPageToken": token, "batchSize": 300}) \
-            if token else iter(())
-        for number, item in enumerate(items, 1):
-            if str(item.get("activityDate", "")) < end:
-                self.records_written += 1
-                yield record_of(rest_cells(item), number)
-        if not self.marketo.dry_run:  # --test reads one record: that covers nothing
-            self.covered(since, settings.end)

@@ -1,39 +1,48 @@
-"""The one pass: each window's export file becomes the records of every stream it serves.
+"""The sync: every window of every selected stream, each row through one record path.
 
-Marketo's unit of work is the window (one file holds every selected type); the SDK's is the
-stream. Here each row, as the file is read, is handed to its own stream's SDK record loop
-(`Stream._sync_records`, driven one record at a time), so records of different streams
-interleave on stdout and nothing is kept on disk but the files in flight. When a window is
-done, the bookmark of every stream it served moves, in one STATE message.
+Marketo's unit of work is the window (one export file holds every selected type); the SDK's
+is the stream. Here each row, as the file is read, goes through `delivery.RecordPath` to its
+own stream's SDK record loop, so records of different streams interleave on stdout and
+nothing is kept on disk but the files in flight. When a window is done, the bookmark of
+every stream it served moves, in one STATE message. Get Deleted Leads pages take the same
+record path, as one window from the stream's bookmark to the end.
+
+The tap hands the one pass what it needs (settings, client, streams, the state and a way to
+write it, the batch config, dry run) and reads back an `Outcome`; nothing here knows the
+Tap class.
 
 Data flows one way: settings and streams -> windows (`plan`) -> jobs (scheduler) -> file
-(export) -> records (records) -> state (here).
+(export) -> records (records, delivery) -> state (here).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
+import itertools
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from singer_sdk.batch import Batcher
-from singer_sdk.exceptions import AbortedSyncFailedException, AbortedSyncPausedException
-
-from tap_marketo_activities.client import MarketoError, QuotaExhausted
+from tap_marketo_activities.client import ExportQuotaExhausted, MarketoClient, MarketoError
+from tap_marketo_activities.delivery import Delivered, RecordPath, Window
 from tap_marketo_activities.export import CompletedExport, JobTimings, used_today
 from tap_marketo_activities.output import OutputClosed
-from tap_marketo_activities.quota import MB, ExportQuota, mb, reset_text
+from tap_marketo_activities.quota import ExportQuota, mb, reset_text
 from tap_marketo_activities.records import (
+    REST_COLUMNS,
     FileRejected,
     Problems,
     RecordBuilder,
     check_whole,
     read_records,
+    rest_cells,
 )
+from tap_marketo_activities.rest import deleted_leads
 from tap_marketo_activities.scheduler import (
     BACKWARD,
     FORWARD,
@@ -41,23 +50,22 @@ from tap_marketo_activities.scheduler import (
     PlannedJob,
     plan_jobs,
 )
-from tap_marketo_activities.schema import KEY, REPLICATION_KEY
+from tap_marketo_activities.schema import REPLICATION_KEY
 from tap_marketo_activities.settings import Settings, isoformat
-from tap_marketo_activities.streams import ActivityStream
+from tap_marketo_activities.streams import LOW_EDGE, ActivityStream
+from tap_marketo_activities.text import plural
 from tap_marketo_activities.workdir import RunFolder
 
 if TYPE_CHECKING:
     # Typing only: the SDK has no public path for it (tests/test_sdk_contract.py).
     from singer_sdk.helpers._batch import BatchConfig
 
-    from tap_marketo_activities.tap import TapMarketoActivities
-
 logger = logging.getLogger(__name__)
 
 EXPORTS_STATE_KEY = "marketo_exports"  # our jobs still in Marketo, to re-use after a crash
 SIZES_STATE_KEY = "marketo_export_sizes"  # bytes per day per type, learnt from exports
-STATE_CHECK_ROWS = 1024  # how often the record loop looks whether a new job needs the state
-ABORTED = (AbortedSyncPausedException, AbortedSyncFailedException)  # --test's record limit
+DELETED_LEADS_KEPT = dt.timedelta(days=14)
+RESUME_NAMES_SHOWN = 6  # stream names in a `Resuming ...` line; the rest are counted
 
 
 def plan(streams: list[ActivityStream], settings: Settings) -> list[PlannedJob]:
@@ -91,102 +99,100 @@ def plan(streams: list[ActivityStream], settings: Settings) -> list[PlannedJob]:
     return ahead + behind if newest_first else behind + ahead
 
 
-class StreamMapFailed(Exception):
-    """A stream map or flattening failed on a record: the user's expression, not Marketo."""
+@dataclass
+class Outcome:
+    """What a sync did, for the summary, and how it ended."""
 
-    def __init__(self, stream: str, error: Exception) -> None:
-        super().__init__(stream, error)
-        self.stream, self.error = stream, error
-
-    def __str__(self) -> str:
-        return (f"{self.stream}: the stream map failed on a record ({type(self.error).__name__}: "
-                f"{self.error}). Check stream_maps for this stream; nothing of the window was "
-                "bookmarked, so the next run delivers it again.")
-
-
-def drain(stream: ActivityStream) -> None:
-    """A stream that fetches its own records (deleted leads): the SDK's record loop, whole."""
-    stream._write_schema_message()
-    try:
-        for _ in stream._sync_records():
-            pass
-    except ABORTED:
-        pass  # --test's record limit
-
-
-class StreamFeed:
-    """One stream's SDK record loop, handed one record at a time."""
-
-    def __init__(self, stream: ActivityStream, batch_config: BatchConfig | None) -> None:
-        self.stream = stream
-        self.batches = Batches(stream, batch_config) if batch_config else None
-        self.loop: Iterator[dict] = stream._sync_records(write_messages=self.batches is None)
-        self.open = True  # False once --test's record limit ended it
-        self.window_records = 0
-
-    def finish(self) -> None:
-        """The SDK's end of a stream: its final state and record count."""
-        if self.open:
-            self.stream.fed = None
-            try:
-                for _ in self.loop:
-                    pass
-            except ABORTED:
-                pass
-            self.open = False
-        if self.batches:
-            self.batches.close()
-
-
-class Batches:
-    """BATCH messages for one stream: records go to the SDK's batch files, flushed at the
-    batch size and at the end of each window (before its bookmark moves)."""
-
-    def __init__(self, stream: ActivityStream, config: BatchConfig) -> None:
-        self.stream = stream
-        self.config = config
-        self.batcher = Batcher(stream.tap_name, stream.name, config)
-        self.records: list[dict] = []
-        self.counter = stream.get_batch_counter()
-        self.counter.__enter__()
-
-    def add(self, record: dict) -> None:
-        self.records.append(record)
-        if len(self.records) >= self.config.batch_size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.records:
-            return
-        for manifest in self.batcher.get_batches(records=iter(self.records)):
-            self.stream._write_batch_message(encoding=self.config.encoding, manifest=manifest)
-            self.counter.increment()
-        self.records = []
-
-    def close(self) -> None:
-        self.counter.__exit__(None, None, None)
+    windows: int = 0
+    jobs: int = 0
+    downloaded_bytes: int = 0
+    quota_used_bytes: float = 0.0
+    plan_line: str | None = None
+    failure: Exception | None = None  # ends the run: one ERROR line, exit 1
+    warning: str | None = None  # a planned stop (the day's export quota): exit 0
 
 
 class OnePass:
-    """The bulk part of one sync: every window's file read once for all its streams."""
+    """One sync: deleted leads, then every window's export file read once for all its
+    streams, each row through the one record path (delivery.RecordPath)."""
 
-    def __init__(self, tap: TapMarketoActivities, streams: list[ActivityStream]) -> None:
-        self.tap = tap
-        self.settings = tap.effective_settings
+    def __init__(self, *, settings: Settings, client: MarketoClient,
+                 streams: list[ActivityStream], state: dict[str, Any],
+                 write_state: Callable[[dict[str, Any]], None],
+                 batch_config: BatchConfig | None, dry_run: bool) -> None:
+        self.settings = settings
+        self.client = client
+        self.state = state  # the whole tap state: every stream's bookmarks and our keys
+        self._write_state = write_state
+        self.dry_run = dry_run  # --test: no bookmark moves, and the state goes out as it came
+        self._state_in = copy.deepcopy(state)
+        self.deleted = [s for s in streams if not s.bulk and s.wanted]
         self.streams = [s for s in streams if s.bulk and s.wanted]
+        self.path = RecordPath(batch_config, self._on_progress)
         self.stop_reason: MarketoError | FileRejected | None = None
         self.windows_delivered = 0
         self.bytes_downloaded = 0
         self.scheduler: ExportScheduler | None = None
         self.folder: RunFolder | None = None
-        self.feeds: dict[str, StreamFeed] = {}
-        self._edges: dict[str, set[str]] = {}  # window edge -> GUIDs delivered on it
         self._plan_logged = False
         self._waiting_since: dict[int, float] = {}
 
     # -- the run ------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self) -> Outcome:
+        """The whole sync; its end (state, our jobs cancelled, temp files) even when it
+        fails or is stopped."""
+        self._log_resume()
+        try:
+            for stream in self.deleted:
+                self._deleted_leads(stream)
+            self._bulk()
+            self.path.finish()
+        finally:
+            self.close()
+            if self.dry_run:  # one STATE, as it came: a run started from it loses nothing
+                self._write_state(self._state_in)
+        return self._outcome()
+
+    def _log_resume(self) -> None:
+        """Where each stream resumes, one line per starting point."""
+        points: dict[str, list[str]] = {}
+        for stream in self.deleted + self.streams:
+            high = stream.high_edge()
+            point = (f"{isoformat(stream.start_instant(self.settings))} (its bookmark)" if high
+                     else f"{isoformat(self.settings.start)} (start_date: no bookmark yet)")
+            low = stream.stream_state.get(LOW_EDGE)
+            if low and high and low > isoformat(self.settings.start):
+                point += f", and back from {low} (newest_first)"
+            points.setdefault(point, []).append(stream.name)
+        for point, names in sorted(points.items()):
+            shown = ", ".join(names[:RESUME_NAMES_SHOWN])
+            if len(names) > RESUME_NAMES_SHOWN:
+                shown += f" and {len(names) - RESUME_NAMES_SHOWN} more"
+            logger.info("Resuming %s at %s: %s.", plural(len(names), "stream"), point, shown)
+
+    def _deleted_leads(self, stream: ActivityStream) -> None:
+        """Get Deleted Leads from the stream's bookmark to the end, as one window."""
+        now = dt.datetime.now(dt.timezone.utc)
+        window = Window(stream.start_instant(self.settings), self.settings.end)
+        if window.start < now - DELETED_LEADS_KEPT:
+            logger.warning("%s: resuming at %s, but Marketo keeps deleted leads for 14 days: "
+                           "deletions before %s may be gone.", stream.name, window.lower,
+                           isoformat(now - DELETED_LEADS_KEPT))
+        builder = stream.builder()
+        problems = Problems(stream.name)
+        record_of = builder.bind(REST_COLUMNS, problems)
+        items = itertools.takewhile(lambda item: str(item.get(REPLICATION_KEY)) < window.upper,
+                                    deleted_leads(self.client, window.start))
+        rows = ((builder, record_of(rest_cells(item), n)) for n, item in enumerate(items, 1))
+        self.path.deliver(rows, {builder: stream}, window)
+        if problems.counts:
+            logger.warning("%s had problems: %s", stream.name, problems.summary())
+        if not self.dry_run:  # --test reads one record: that covers nothing
+            stream.covered(window.start, window.end)
+            self.write_state()
+
+    def _bulk(self) -> None:
         if not self.streams:
             return
         jobs = plan(self.streams, self.settings)
@@ -195,24 +201,20 @@ class OnePass:
             return
         self.scheduler = self._scheduler(jobs)
         self._log_plan_line()  # sizes known from earlier runs: the plan before any export
-        batch_config = self.streams[0].get_batch_config(self.tap.config)
         for stream in self.streams:
-            stream._write_schema_message()
-            self.feeds[stream.name] = StreamFeed(stream, batch_config)
+            self.path.feed(stream)
         self.scheduler.start()
         index = 0
         while (planned := self.scheduler.job_at(index)) is not None:
             if not self._window(planned):
                 break
             index += 1
-        for feed in self.feeds.values():
-            feed.finish()
 
     def _scheduler(self, jobs: list[PlannedJob]) -> ExportScheduler:
-        settings, client = self.settings, self.tap.client
+        settings, client = self.settings, self.client
         now = dt.datetime.now(dt.timezone.utc)
         quota = ExportQuota(settings.max_export_bytes_per_day, used_today(client, now),
-                            self.tap.raw_state.get(SIZES_STATE_KEY))
+                            self.state.get(SIZES_STATE_KEY))
         logger.info("Bulk export quota: %s used today by this API user; this tap stops "
                     "before %s (max_export_mb_per_day).", mb(quota.used_bytes),
                     mb(quota.cap_bytes))
@@ -221,7 +223,7 @@ class OnePass:
                              settings.max_job_attempts)
         return ExportScheduler(client, jobs, self.folder.path, timings,
                                settings.max_jobs_in_queue, quota,
-                               self.tap.raw_state.get(EXPORTS_STATE_KEY) or [],
+                               self.state.get(EXPORTS_STATE_KEY) or [],
                                settings.raw_files_dir, settings.heartbeat_seconds)
 
     def _window(self, planned: PlannedJob) -> bool:
@@ -229,7 +231,7 @@ class OnePass:
         assert self.scheduler is not None
         try:
             done = self.scheduler.result(planned, self._on_wait)
-            sizes = self._emit(planned, done)
+            delivered = self._emit(planned, done)
         except (MarketoError, FileRejected) as exc:
             # Windows already delivered keep their state; the sync ends with this error
             # as one line (tap.sync_all), or a warning for a day's quota.
@@ -238,90 +240,52 @@ class OnePass:
             self.stop_reason = exc
             logger.debug("Stopping before %s", planned.spec.label, exc_info=True)
             return False
-        self._end_window(planned, sizes)
-        return any(feed.open for feed in self.feeds.values())  # --test: all have one
+        self._end_window(planned, delivered)
+        return self.path.open  # --test: every stream has its one record
 
-    def _emit(self, planned: PlannedJob, done: CompletedExport) -> dict[int, int]:
-        """Every row of the window's file, as a record of its stream. Returns rows per type."""
-        feeds = {self.feeds[name].stream.type_id: self.feeds[name] for name in planned.streams
-                 if name in self.feeds}
+    def _emit(self, planned: PlannedJob, done: CompletedExport) -> Delivered:
+        """Every row of the window's file, as a record of its stream."""
+        served = [s for s in self.streams if s.name in planned.streams]
         builders: dict[int, RecordBuilder | None] = {t: None for t in planned.spec.type_ids}
-        feed_of: dict[RecordBuilder, StreamFeed] = {}
-        for type_id, feed in feeds.items():
-            if type_id in planned.needed_types:
-                builder = feed.stream.builder()
-                builders[type_id] = builder
-                feed_of[builder] = feed
-                feed.window_records = 0
-                feed.stream.extracted_at = dt.datetime.now(dt.timezone.utc)
+        streams: dict[RecordBuilder, ActivityStream] = {}
+        for stream in served:
+            if stream.type_id in planned.needed_types:
+                builder = builders[stream.type_id] = stream.builder()
+                streams[builder] = stream
         problems = Problems(f"export {done.export_id}")
         rows = read_records(done.path, planned.spec.export_format, builders, problems,
                             dict(planned.spec.header_names), planned.spec.fields)
-        self._feed(rows, feed_of, isoformat(planned.spec.start), isoformat(planned.spec.end))
+        delivered = self.path.deliver(rows, streams, Window(planned.spec.start,
+                                                            planned.spec.end))
         check_whole(problems, done.records)
         if problems.counts:
             logger.warning("Export %s had problems: %s", done.export_id, problems.summary())
         self.bytes_downloaded += done.file_size
-        return {feed.stream.type_id: feed.window_records for feed in feed_of.values()}
+        return delivered
 
-    def _feed(self, rows: Iterator[tuple[RecordBuilder, dict[str, Any]]],
-              feed_of: dict[RecordBuilder, StreamFeed], lower: str, upper: str) -> None:
-        """The record path: each row to its stream's SDK loop, as the file is read."""
-        edges = self._edges
-        scheduler = self.scheduler
-        assert scheduler is not None
-        count = 0
-        feed: StreamFeed | None = None
-        while True:
-            try:
-                for builder, record in rows:
-                    feed = feed_of[builder]
-                    stamp = record[REPLICATION_KEY]
-                    # An inclusive endAt hands a boundary second to the windows on both sides.
-                    if stamp in (lower, upper):
-                        seen = edges.setdefault(stamp, set())
-                        if record[KEY] in seen:
-                            continue
-                        seen.add(record[KEY])
-                    if not feed.open:
-                        continue
-                    feed.stream.fed = record
-                    out = next(feed.loop)
-                    feed.window_records += 1
-                    if feed.batches is not None:
-                        feed.batches.add(out)
-                    count += 1
-                    if not count % STATE_CHECK_ROWS and scheduler.state_wanted():
-                        self.write_state()
-                return
-            except ABORTED:
-                assert feed is not None
-                feed.open = False  # --test's one record per stream is out
-            except (OutputClosed, MarketoError, FileRejected):
-                raise
-            except Exception as exc:
-                if feed is None or feed.stream.plain_output:
-                    raise
-                raise StreamMapFailed(feed.stream.name, exc) from exc
-
-    def _end_window(self, planned: PlannedJob, sizes: dict[int, int]) -> None:
+    def _end_window(self, planned: PlannedJob, delivered: Delivered) -> None:
         assert self.scheduler is not None
         backward = planned.direction == BACKWARD
-        feeds = [self.feeds[name] for name in planned.streams if name in self.feeds]
-        for feed in feeds:
-            if feed.batches:
-                feed.batches.flush()  # the BATCH message before the state that covers it
-            if not self.tap.dry_run:
-                feed.stream.covered(planned.spec.start, planned.spec.end, backward=backward)
-            feed.stream.records_written += feed.window_records
+        served = [s for s in self.streams if s.name in delivered.records]
+        if not self.dry_run:
+            for stream in served:
+                stream.covered(planned.spec.start, planned.spec.end, backward=backward)
+        sizes = {s.type_id: delivered.records[s.name] for s in served}
         self.scheduler.emitted(planned, sizes)
         self.windows_delivered += 1
         self.write_state()
-        total = sum(feed.window_records for feed in feeds)
-        logger.info("Window %s .. %s: %d record%s for %d stream%s; delivered.",
-                    isoformat(planned.spec.start), isoformat(planned.spec.end), total,
-                    "" if total == 1 else "s", len(feeds), "" if len(feeds) == 1 else "s")
+        self._log_window(planned, delivered)
         self._log_plan_line()
+
+    def _log_window(self, planned: PlannedJob, delivered: Delivered) -> None:
+        total = sum(delivered.records.values())
+        edge = ""
+        if delivered.at_upper_edge:
+            edge = (f" ({plural(delivered.at_upper_edge, 'row')} of the file stamped at its "
+                    "end go with the next window)")
+        logger.info("Window %s .. %s: %s for %s%s; delivered.", isoformat(planned.spec.start),
+                    isoformat(planned.spec.end), plural(total, "record"),
+                    plural(len(delivered.records), "stream"), edge)
 
     def _log_plan_line(self) -> None:
         """The `Backfill plan:` line, once a run, as soon as an export size is known."""
@@ -335,25 +299,29 @@ class OnePass:
 
     def write_state(self) -> None:
         """One STATE: every stream's bookmark, our jobs still needed, the learnt sizes."""
-        if self.scheduler is None:
-            return
-        version, exports = self.scheduler.exports_for_state()
-        state = self.tap.raw_state
-        if exports:
-            state[EXPORTS_STATE_KEY] = exports
-        else:
-            state.pop(EXPORTS_STATE_KEY, None)
-        state[SIZES_STATE_KEY] = self.scheduler.quota.saved_rates()
-        if not self.tap.dry_run:  # --test leaves no state that a run would start from
+        version = None
+        if self.scheduler is not None:
+            version, exports = self.scheduler.exports_for_state()
+            if exports:
+                self.state[EXPORTS_STATE_KEY] = exports
+            else:
+                self.state.pop(EXPORTS_STATE_KEY, None)
+            self.state[SIZES_STATE_KEY] = self.scheduler.quota.saved_rates()
+        if not self.dry_run:  # --test leaves no state that a run would start from
             # A target that stopped reading ends the run (OutputClosed): exporting on for
             # nobody would spend quota on windows the next run must export again.
-            self.tap.state_writer.write_state(self.tap.state)
-        self.scheduler.state_written(version)
+            self._write_state(self.state)
+        if self.scheduler is not None and version is not None:
+            self.scheduler.state_written(version)
+
+    def _on_progress(self) -> None:
+        """Now and then while rows are written: a new job may wait for the state to name it
+        before it is enqueued."""
+        if self.scheduler is not None and self.scheduler.state_wanted():
+            self.write_state()
 
     def _on_wait(self, planned: PlannedJob) -> None:
-        assert self.scheduler is not None
-        if self.scheduler.state_wanted():
-            self.write_state()
+        self._on_progress()
         if sys.stderr.isatty():  # a person is watching: none on a pipe or in Meltano's log
             job = planned.job
             status = job.status if job else "waiting for room (queue or quota)"
@@ -383,11 +351,23 @@ class OnePass:
         if sys.stderr.isatty():
             sys.stderr.write("\033[K")
 
-    def quota_day_over(self) -> bool:
-        """Stopped by the day's export quota (ours or Marketo's) after delivering something:
-        the backfill goes on tomorrow, and a scheduler should not see a failure."""
-        return isinstance(self.stop_reason, QuotaExhausted) and \
-            self.stop_reason.code != "607" and self.windows_delivered > 0
+    def _outcome(self) -> Outcome:
+        outcome = Outcome(windows=self.windows_delivered,
+                          downloaded_bytes=self.bytes_downloaded,
+                          plan_line=self.plan_line())
+        if self.scheduler is not None:
+            outcome.jobs = sum(1 for p in self.scheduler.jobs if p.job is not None)
+            outcome.quota_used_bytes = self.scheduler.quota.used_bytes
+        reason = self.stop_reason
+        if isinstance(reason, ExportQuotaExhausted):
+            if self.windows_delivered:
+                outcome.warning = self.stop_line()  # a multi-day backfill goes on tomorrow
+            else:
+                outcome.failure = ExportQuotaExhausted(self.stop_line())
+                outcome.failure.__cause__ = reason
+        else:
+            outcome.failure = reason
+        return outcome
 
     def plan_line(self) -> str | None:
         if self.scheduler is None:
@@ -397,11 +377,6 @@ class OnePass:
             return None
         return self.scheduler.quota.plan_line(left, len(self.streams),
                                               dt.datetime.now(dt.timezone.utc))
-
-    def quota_gone(self) -> bool:
-        """Stopped by the day's export quota before delivering anything."""
-        return isinstance(self.stop_reason, QuotaExhausted) and \
-            self.stop_reason.code != "607" and self.windows_delivered == 0
 
     def stop_line(self) -> str:
         """What a run stopped by the export quota did today, what is left, and when the
@@ -413,8 +388,8 @@ class OnePass:
         left_text = f"about {mb(left)}" if left is not None else "an unknown amount"
         if self.windows_delivered:
             used = self.scheduler.quota.used_by_run if self.scheduler else 0
-            done = (f"This run delivered {self.windows_delivered} window"
-                    f"{'s' if self.windows_delivered != 1 else ''} and exported {mb(used)}")
+            done = (f"This run delivered {plural(self.windows_delivered, 'window')} and "
+                    f"exported {mb(used)}")
         else:
             done = "Nothing could be exported today"
         return f"{line} {done}; {left_text} is left to export."
@@ -426,16 +401,8 @@ class OnePass:
                         isoformat(settings.end))
             return
         first = min(job.spec.start for job in jobs)
-        logger.info("Planned %d export window%s for %d stream%s, %s .. %s (window_days=%d, up "
-                    "to %d jobs in Marketo's queue at once, %s).", len(jobs),
-                    "" if len(jobs) == 1 else "s", len(self.streams),
-                    "" if len(self.streams) == 1 else "s", isoformat(first),
+        logger.info("Planned %s for %s, %s .. %s (window_days=%d, up to %d jobs in "
+                    "Marketo's queue at once, %s).", plural(len(jobs), "export window"),
+                    plural(len(self.streams), "stream"), isoformat(first),
                     isoformat(settings.end), settings.window_days, settings.max_jobs_in_queue,
                     settings.backfill_order.replace("_", " "))
-
-    def summary_rows(self) -> tuple[int, float, float]:
-        """Jobs, MB downloaded, MB of quota used today."""
-        if self.scheduler is None:
-            return 0, 0.0, 0.0
-        jobs = sum(1 for p in self.scheduler.jobs if p.job is not None)
-        return jobs, self.bytes_downloaded / MB, self.scheduler.quota.used_bytes / MB

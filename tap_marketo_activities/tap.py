@@ -23,16 +23,18 @@ from singer_sdk.helpers.capabilities import (
     PluginCapabilities,
     TapCapabilities,
 )
+from singer_sdk.helpers.types import TapState
 
 from tap_marketo_activities.client import (
     FatalError,
     MarketoClient,
     MarketoError,
     Pacer,
-    QuotaExhausted,
     excerpt,
 )
+from tap_marketo_activities.delivery import StreamMapFailed
 from tap_marketo_activities.output import OutputClosed, RecordBufferingWriter, Terminated
+from tap_marketo_activities.quota import MB
 from tap_marketo_activities.records import FileRejected
 from tap_marketo_activities.schema import (
     DELETE_LEAD_TYPE_ID,
@@ -48,13 +50,8 @@ from tap_marketo_activities.settings import (
     unknown_settings,
 )
 from tap_marketo_activities.streams import ActivityStream, DeletedLeadStream
-from tap_marketo_activities.sync import (
-    EXPORTS_STATE_KEY,
-    SIZES_STATE_KEY,
-    OnePass,
-    StreamMapFailed,
-    drain,
-)
+from tap_marketo_activities.sync import EXPORTS_STATE_KEY, SIZES_STATE_KEY, OnePass, Outcome
+from tap_marketo_activities.text import plural
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +80,6 @@ class TapMarketoActivities(Tap):
     ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._pass: OnePass | None = None
         self.dry_run = False  # no state written: --test, or the SDK's dry-run tests
         self.last_day_only = False  # --test: one day of exports proves the connection
         super().__init__(*args, **kwargs)
@@ -196,24 +192,30 @@ class TapMarketoActivities(Tap):
         return settings
 
     def sync_all(self) -> None:  # type: ignore[misc]  # @final in the SDK: tests/test_sdk_contract.py
-        """Deleted leads (REST), then one pass over the export files for every bulk stream."""
+        """One pass over every source of rows (sync.OnePass); one line if it failed."""
         started = time.monotonic()
         if self.state:
             self.state_writer.write_state(self.state)
         streams = [s for s in self.streams.values() if isinstance(s, ActivityStream)]
-        for stream in streams:
-            if not stream.bulk and stream.selected:
-                drain(stream)
-        self._pass = OnePass(self, streams)
+        one_pass = OnePass(
+            settings=self.effective_settings, client=self.client, streams=streams,
+            state=self.raw_state, write_state=self._write_state,
+            batch_config=streams[0].get_batch_config(self.config) if streams else None,
+            dry_run=self.dry_run)
         try:
-            self._pass.run()
+            outcome = one_pass.run()
         finally:
-            self._pass.close()
             self.flush_output()
-        self._log_summary(streams, time.monotonic() - started)
+        self._log_summary(streams, outcome, time.monotonic() - started)
         for stream in streams:
             stream.log_sync_costs()
-        self._raise_stop_reason()
+        if outcome.warning:
+            logger.warning("%s", outcome.warning)
+        if outcome.failure:
+            raise outcome.failure
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        self.state_writer.write_state(cast("TapState", state))
 
     def run_connection_test(self) -> bool:  # type: ignore[misc]  # @final, as sync_all
         """`--test`: one record of every stream, from the last day's export only."""
@@ -231,17 +233,6 @@ class TapMarketoActivities(Tap):
             stream.selected = True
         self.sync_all()
         return True
-
-    def _raise_stop_reason(self) -> None:
-        reason = self._pass.stop_reason if self._pass else None
-        if reason is None:
-            return
-        if self._pass is not None and self._pass.quota_day_over():
-            logger.warning("%s", self._pass.stop_line())
-            return  # a planned multi-day backfill: not a failure for the scheduler
-        if self._pass is not None and self._pass.quota_gone():
-            raise QuotaExhausted(self._pass.stop_line()) from reason
-        raise reason
 
     def flush_output(self) -> None:
         """Records still gathered for a large write go out (see RecordBufferingWriter)."""
@@ -262,20 +253,26 @@ class TapMarketoActivities(Tap):
             return
         raise Terminated(signum)
 
-    def _log_summary(self, streams: list[ActivityStream], elapsed: float) -> None:
+    def _log_summary(self, streams: list[ActivityStream], outcome: Outcome,
+                     elapsed: float) -> None:
         rows = [(s.name, s.records_written, s.windows_done) for s in streams if s.selected]
         if not rows:
             return
         width = max([len(r[0]) for r in rows] + [6])
-        lines = [f"{'stream':<{width}} {'records':>9} {'windows':>8}"]
-        lines += [f"{name:<{width}} {records:>9} {windows:>8}" for name, records, windows in rows]
-        jobs, downloaded, used = self._pass.summary_rows() if self._pass else (0, 0.0, 0.0)
-        lines.append(f"{jobs} export job{'s' if jobs != 1 else ''}, {downloaded:.2f} MB "
-                     f"downloaded, {used:.2f} MB of export quota used today, "
+        if self.dry_run:  # no bookmark moves: windows and the plan would say otherwise
+            lines = [f"{'stream':<{width}} {'records':>9}"]
+            lines += [f"{name:<{width}} {records:>9}" for name, records, _ in rows]
+            lines.append("A test run: at most one record per stream, no bookmark moved.")
+        else:
+            lines = [f"{'stream':<{width}} {'records':>9} {'windows':>8}"]
+            lines += [f"{name:<{width}} {records:>9} {windows:>8}"
+                      for name, records, windows in rows]
+        lines.append(f"{plural(outcome.jobs, 'export job')}, "
+                     f"{outcome.downloaded_bytes / MB:.2f} MB downloaded, "
+                     f"{outcome.quota_used_bytes / MB:.2f} MB of export quota used today, "
                      f"{self.client.calls} API calls, {elapsed:.1f} s.")
-        plan = self._pass.plan_line() if self._pass else None
-        if plan:
-            lines.append(plan)
+        if outcome.plan_line and not self.dry_run:
+            lines.append(outcome.plan_line)
         logger.info("Sync summary:\n%s", "\n".join(lines))
 
 

@@ -103,10 +103,19 @@ def fresh_sandbox() -> Iterator[Sandbox]:
         yield box
 
 
+def delivered_rows(box: Sandbox, start: str, end: str, type_ids: list[int] | None = None,
+                   **filters: Any) -> list[dict[str, Any]]:
+    """What the tap delivers of the window [start, end): a job's rows of that createdAt
+    window, less those stamped exactly at `end` (the next window's, of this run or the
+    next)."""
+    return [a for a in box.expected(start, end, type_ids, **filters)
+            if a["activityDate"] < end]
+
+
 def all_guids(box: Sandbox, start: str = START, end: str = END) -> set[str]:
     """Every activity a full sync of [start, end) delivers: the bulk exports' and the
     deleted leads' (stream activities_delete_lead)."""
-    bulk = {a["marketoGUID"] for a in box.expected(start, end)}
+    bulk = {a["marketoGUID"] for a in delivered_rows(box, start, end)}
     deleted = {d["marketoGUID"] for d in box.expected_deleted_leads(start)
                if d["activityDate"] < end}
     return bulk | deleted

@@ -12,13 +12,14 @@ from tap_marketo_activities.client import (
     ERROR_CODES,
     MARKETO_WINDOW_SECONDS,
     PACING_WINDOW_SECONDS,
+    CallQuotaExhausted,
+    ExportQuotaExhausted,
     FatalError,
     JobAlreadyQueued,
     MarketoClient,
     MarketoError,
     Pacer,
     QueueFull,
-    QuotaExhausted,
     RateLimited,
     RetriableError,
     TokenExpired,
@@ -43,12 +44,12 @@ class FakeClock:
     ("603", "Access denied", FatalError),
     ("604", "Request time-out", RetriableError),
     ("606", "Max rate limit '100' exceeded with in '20' secs", RateLimited),
-    ("607", "Daily quota reached", QuotaExhausted),
+    ("607", "Daily quota reached", CallQuotaExhausted),
     ("608", "API Temporarily Unavailable", RetriableError),
     ("611", "System error", RetriableError),
     ("615", "Concurrent access limit '10' reached", RetriableError),
     ("713", "Transient Error", RetriableError),
-    ("1029", "Export daily quota 500MB exceeded.", QuotaExhausted),
+    ("1029", "Export daily quota 500MB exceeded.", ExportQuotaExhausted),
     ("1029", "Job already queued", JobAlreadyQueued),
     ("1029", "Too many jobs in queue", QueueFull),
     ("609", "Invalid JSON", FatalError),
@@ -175,8 +176,8 @@ class Listing(MarketoClient):
         self.script = iter(pages)
         self.asked: list[dict[str, Any]] = []
 
-    def get(self, path: str, params: Mapping[str, Any] | None = None, check: Any = None
-            ) -> dict[str, Any]:
+    def get(self, path: str, params: Mapping[str, Any] | None = None, check: Any = None,
+            before_each: Any = None) -> dict[str, Any]:
         self.asked.append(dict(params or {}))
         return next(self.script)
 

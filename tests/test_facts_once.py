@@ -22,7 +22,8 @@ NUMBERS = {"window_days": "window_days", "poll_interval": "poll_interval_seconds
            "job_timeout": "job_timeout_seconds", "max_jobs_in_queue": "max_jobs_in_queue",
            "api_limit_share": "api_limit_share", "request_timeout": "request_timeout_seconds",
            "max_retry_seconds": "max_retry_seconds", "max_job_attempts": "max_job_attempts",
-           "heartbeat_seconds": "heartbeat_seconds"}
+           "heartbeat_seconds": "heartbeat_seconds",
+           "max_rest_calls_per_day": "max_rest_calls_per_day"}
 
 
 def imports(path: Path) -> list[tuple[str, int]]:
@@ -69,6 +70,7 @@ def test_defaults_are_the_schema_s() -> None:
         PROPERTIES["max_export_mb_per_day"]["default"] * 1024 * 1024
     assert settings.export_format == PROPERTIES["export_format"]["default"]
     assert settings.backfill_order == PROPERTIES["backfill_order"]["default"]
+    assert settings.rest_increments == PROPERTIES["rest_increments"]["default"]
 
 
 @pytest.mark.parametrize("name", [*NUMBERS.values(), "max_export_mb_per_day"])
@@ -82,7 +84,7 @@ def test_ranges_are_the_schema_s(name: str) -> None:
             parse_settings({**GOOD, name: outside})
 
 
-@pytest.mark.parametrize("name", ["export_format", "backfill_order"])
+@pytest.mark.parametrize("name", ["export_format", "backfill_order", "rest_increments"])
 def test_choices_are_the_schema_s(name: str) -> None:
     for choice in PROPERTIES[name]["enum"]:
         assert getattr(parse_settings({**GOOD, name: choice}), name) == choice

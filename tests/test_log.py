@@ -11,6 +11,8 @@ from conftest import END, START, config_for, run_tap
 
 from tap_marketo_activities.sandbox import Sandbox
 
+MID = "2024-02-01T00:00:00Z"
+
 HEARTBEAT = re.compile(r"Waiting on Marketo: job (\d+) of (\d+) \(window \S+ \.\. \S+ "
                        r"\(\d+ types?\)\) (Created|Queued|Processing|downloading)")
 
@@ -60,3 +62,17 @@ def test_an_unknown_data_type_is_one_info_line_per_run(sandbox: Sandbox, tmp_pat
     types = {re.findall(r"dataType '(\w+)'", line)[0] for line in lines}
     assert len(lines) == len(types) >= 1
     assert all(" INFO " in line for line in lines)
+
+
+def test_the_log_says_where_each_stream_resumes_and_nothing_else_does(
+        fresh_sandbox: Sandbox, tmp_path: Path) -> None:
+    config = config_for(fresh_sandbox, activity_type_ids=[1, 2, 37], end_date=MID)
+    first = run_tap(tmp_path / "1", config)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Resuming 3 streams at 2024-01-01T00:00:00Z (start_date: no bookmark yet)" \
+        in first.stderr
+    second = run_tap(tmp_path / "2", {**config, "end_date": END}, state=first.last_state)
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumes = [line for line in second.stderr.splitlines() if "| Resuming" in line]
+    assert len(resumes) == 1 and f"3 streams at {MID} (its bookmark)" in resumes[0]
+    assert "Starting incremental sync" not in first.stderr + second.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import END, START, config_for, run_tap
+from conftest import END, START, config_for, delivered_rows, run_tap
 from test_sync import assert_delivered_once
 
 from tap_marketo_activities.sandbox import Sandbox
@@ -42,7 +42,7 @@ def test_every_format_parses_hostile_values(tmp_path: Path, catalog: dict[str, A
         run = run_tap(tmp_path, config_for(box, export_format=export_format))
         assert run.returncode == 0, run.stderr[-2000:]
         assert {j["format"] for j in box.stats()["jobs"]} == {export_format}
-        expected = [a for a in box.expected(START, END) if a["activityTypeId"] != 37]
+        expected = [a for a in delivered_rows(box, START, END) if a["activityTypeId"] != 37]
         assert_delivered_once(run, expected, catalog)
 
 
@@ -71,9 +71,10 @@ def test_action_result_is_exported_only_when_selected(fresh_sandbox: Sandbox, tm
 def test_primary_attribute_filters_narrow_their_types_only(fresh_sandbox: Sandbox,
                                                            tmp_path: Path,
                                                            catalog: dict[str, Any]) -> None:
-    forms = sorted({a["primaryAttributeValue"] for a in fresh_sandbox.expected(START, END, [2])})
+    forms = sorted({a["primaryAttributeValue"]
+                    for a in delivered_rows(fresh_sandbox, START, END, [2])})
     programs = sorted({a["primaryAttributeValueId"]
-                       for a in fresh_sandbox.expected(START, END, [104])})
+                       for a in delivered_rows(fresh_sandbox, START, END, [104])})
     assert len(forms) >= 2 and len(programs) >= 2
     filters = {"2": {"values": forms[:1]}, "104": {"ids": programs[:1]}}
     streams = {"activities_fill_out_form", "activities_change_status_in_progression",
@@ -81,9 +82,9 @@ def test_primary_attribute_filters_narrow_their_types_only(fresh_sandbox: Sandbo
     run = run_tap(tmp_path, config_for(fresh_sandbox, primary_attribute_filters=filters),
                   catalog=select(catalog, streams))
     assert run.returncode == 0, run.stderr[-2000:]
-    expected = (fresh_sandbox.expected(START, END, [2], primary_values=forms[:1])
-                + fresh_sandbox.expected(START, END, [104], primary_ids=programs[:1])
-                + fresh_sandbox.expected(START, END, [1, 10]))
+    expected = (delivered_rows(fresh_sandbox, START, END, [2], primary_values=forms[:1])
+                + delivered_rows(fresh_sandbox, START, END, [104], primary_ids=programs[:1])
+                + delivered_rows(fresh_sandbox, START, END, [1, 10]))
     assert_delivered_once(run, expected, catalog)
     type_sets = sorted({tuple(j["activityTypeIds"]) for j in fresh_sandbox.stats()["jobs"]})
     assert type_sets == [(1, 10), (2,), (104,)]
@@ -120,7 +121,7 @@ def test_raw_files_are_kept_as_marketo_sent_them(fresh_sandbox: Sandbox, tmp_pat
         assert meta["startAt"] and meta["endAt"] and meta["activityTypeIds"]
         header = next(csv.reader([data.decode().split("\n", 1)[0]]))
         assert "Secondary Attributes" in header and "attributes" not in header
-    expected = [a for a in fresh_sandbox.expected(START, END) if a["activityTypeId"] != 37]
+    expected = [a for a in delivered_rows(fresh_sandbox, START, END) if a["activityTypeId"] != 37]
     assert_delivered_once(run, expected, catalog)
 
 

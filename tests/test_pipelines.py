@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from conftest import TapRun, parse_output, run_tap
+from conftest import TapRun, delivered_rows, parse_output, run_tap
 
 from tap_marketo_activities.sandbox import Sandbox
 
@@ -103,6 +103,8 @@ class Streams:
                 if value is not None and prop["type"][0] == "string" and \
                         not isinstance(value, str):
                     value = json.dumps(value)
+                if prop["type"][0] == "integer" and isinstance(value, str):
+                    value = None  # e.g. Merge IDs "[1,2]": cannot be cast, column null
                 record[column] = value
         return record
 
@@ -308,7 +310,7 @@ def test_meltano_postgres_one_table_per_stream_with_expected_counts(
         postgres_runs: dict[str, Any], box: Sandbox, streams: Streams) -> None:
     first = postgres_runs["first"]["counts"]
     assert set(first) == set(streams.schemas)
-    expected = streams.counts(box.expected(START, MID))
+    expected = streams.counts(delivered_rows(box, START, MID))
     assert sum(expected.values()) > 200
     assert {t: first[t] for t in expected} == dict(expected)
     assert all(first[t] == 0 for t in set(first) - set(expected))
@@ -338,10 +340,9 @@ def test_meltano_postgres_second_run_is_incremental(
     # Without a key, a record delivered twice is a second row: the check below is live.
     assert pg.run_sql("SELECT count(*) FROM information_schema.table_constraints WHERE "
                       "table_schema = 'marketo' AND constraint_type = 'PRIMARY KEY'") == [["0"]]
-    first = box.expected(START, MID)
-    at_bookmark = {a["marketoGUID"] for a in first if a["activityDate"] == MID}
+    all_expected = {a["marketoGUID"]: a for a in delivered_rows(box, START, END)}
+    at_bookmark = {g for g, a in all_expected.items() if a["activityDate"] == MID}
     assert at_bookmark, "the sandbox should have an activity on the bookmark second"
-    all_expected = {a["marketoGUID"]: a for a in box.expected(START, END)}
     seen: dict[str, Counter[str]] = {}
     for stream in streams.schemas:
         rows = pg.rows("marketo", stream)
@@ -353,12 +354,12 @@ def test_meltano_postgres_second_run_is_incremental(
                    {c: pg_value(row[c], props[c]) for c in want}, row["marketoGUID"]
     everything = sum(seen.values(), Counter())
     assert set(everything) == set(all_expected)
-    assert {g for g, n in everything.items() if n > 1} <= at_bookmark
-    assert max(everything.values()) <= 2
+    # The rows of the bookmark's second come with the second run's first window, once.
+    assert max(everything.values()) == 1
     counts = postgres_runs["second"]["counts"]
     assert {s: counts[s] for s in streams.schemas} == \
            {s: sum(c.values()) for s, c in seen.items()}
-    assert sum(counts.values()) - len(all_expected) <= len(at_bookmark)
+    assert sum(counts.values()) == len(all_expected)
 
 
 def test_meltano_postgres_state_is_at_the_bookmark(postgres_runs: dict[str, Any],
@@ -394,7 +395,7 @@ def test_meltano_jsonl_delivers_every_activity_once(box: Sandbox, streams: Strea
     out = tmp_path / "out"
     meltano_run(tmp_path, "target-jsonl",
                 {**tap_env(box, MID), "TARGET_JSONL_DESTINATION_PATH": str(out)})
-    expected = box.expected(START, MID)
+    expected = delivered_rows(box, START, MID)
     assert_exactly(read_jsonl_folder(out), expected, streams)
     state = meltano_state(tmp_path, "sandbox:tap-marketo-activities-to-target-jsonl")
     assert bookmarks(state["singer_state"]) == dict.fromkeys(streams.schemas, MID)
@@ -414,7 +415,7 @@ def test_shell_pipe_into_target_jsonl(box: Sandbox, streams: Streams, tmp_path: 
                           timeout=180)
     assert done.returncode == 0, done.stderr[-4000:]
     counts = {s: len(rows) for s, rows in read_jsonl_folder(tmp_path / "out").items()}
-    assert counts == dict(streams.counts(box.expected(START, END)))
+    assert counts == dict(streams.counts(delivered_rows(box, START, END)))
     final_state = json.loads(done.stdout.strip().splitlines()[-1])
     assert bookmarks(final_state) == dict.fromkeys(streams.schemas, END)
 
@@ -437,7 +438,7 @@ def test_stream_maps_drop_a_column_alias_a_stream_and_drop_a_stream(
     assert not {"activities_visit_webpage", "activities_click_link"} & set(schemas)
     assert "user_agent" not in schemas["webpage_visits"]["properties"]
     assert "webpage_url" in schemas["webpage_visits"]["properties"]
-    expected = {a["marketoGUID"]: a for a in box.expected(START, MID)}
+    expected = {a["marketoGUID"]: a for a in delivered_rows(box, START, MID)}
     visits = run.records["webpage_visits"]
     visit_type = next(t for t, s in streams.by_type.items() if s == "activities_visit_webpage")
     assert len(visits) == sum(1 for a in expected.values() if a["activityTypeId"] == visit_type)
@@ -456,7 +457,7 @@ def test_flattening_turns_the_attributes_object_into_json_text(
     schemas = {m["stream"]: m["schema"] for m in run.messages if m["type"] == "SCHEMA"}
     for schema in schemas.values():
         assert schema["properties"]["attributes"]["type"] == ["string", "null"]
-    expected = {a["marketoGUID"]: a for a in box.expected(START, MID)}
+    expected = {a["marketoGUID"]: a for a in delivered_rows(box, START, MID)}
     total = 0
     for rows in run.records.values():
         for record in rows:
@@ -475,7 +476,7 @@ def test_dash_dash_test_syncs_one_record_per_stream_and_leaves_no_job(
     assert {(j["startAt"], j["endAt"]) for j in box.stats()["jobs"][jobs_before:]} == {
         ("2024-01-10T00:00:00Z", END)}
     per_stream = Counter(m["stream"] for m in run.messages if m["type"] == "RECORD")
-    last_day = streams.counts(box.expected("2024-01-10T00:00:00Z", END))
+    last_day = streams.counts(delivered_rows(box, "2024-01-10T00:00:00Z", END))
     assert set(per_stream) == {s for s, n in last_day.items() if n}
     assert set(per_stream.values()) == {1}
     schemas = {m["stream"] for m in run.messages if m["type"] == "SCHEMA"}
@@ -563,12 +564,12 @@ def test_batch_messages_are_loaded_by_an_sdk_target(
                 value = message["value"]["bookmarks"].get(stream, {}).get(
                     "replication_key_value")
                 if value and stream in announced:
-                    covered = {a["marketoGUID"] for a in box.expected(START, value, [type_id])
-                               if a["activityDate"] < value}
+                    covered = {a["marketoGUID"]
+                               for a in delivered_rows(box, START, value, [type_id])}
                     assert covered <= announced[stream], (stream, value)
                     moves += 1
     assert moves > len(streams.schemas)  # bookmarks moved window by window, not at the end
-    expected = streams.counts(box.expected(START, MID))
+    expected = streams.counts(delivered_rows(box, START, MID))
     assert +in_files == expected
     assert bookmarks(run.last_state) == dict.fromkeys(streams.schemas, MID)
 
@@ -606,7 +607,7 @@ def test_config_from_environment_variables(box: Sandbox, streams: Streams,
     jobs_before = len(box.stats()["jobs"])
     run = env_run(tmp_path, env_settings(box, type_ids))
     assert run.returncode == 0, run.stderr[-4000:]
-    expected = box.expected(START, MID, type_ids=type_ids)
+    expected = delivered_rows(box, START, MID, type_ids=type_ids)
     assert {s: len(r) for s, r in run.records.items()} == dict(streams.counts(expected))
     assert set(run.records) == {streams.by_type[t] for t in type_ids}
     windows = {(j["startAt"], j["endAt"]) for j in box.stats()["jobs"][jobs_before:]}

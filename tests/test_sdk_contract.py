@@ -183,6 +183,26 @@ def test_stream_increment_stream_state(stream: ActivityStream, written: list[Any
     assert "progress_markers" not in stream.stream_state
 
 
+def test_stream_write_starting_replication_value(
+        stream: ActivityStream, written: list[Any], caplog: pytest.LogCaptureFixture) -> None:
+    """ActivityStream overrides `Stream._write_starting_replication_value(context)`, which
+    the SDK's record loop calls when it starts and which logs 'Starting incremental sync of
+    ... with bookmark value': in the one pass the loop starts after earlier windows moved
+    the bookmark, so that line would name where the run ended (sync.OnePass._log_resume
+    says where each stream resumes instead)."""
+    assert list(parameters(Stream._write_starting_replication_value)) == ["self", "context"]
+    stream.stream_state.update(replication_key=REPLICATION_KEY,
+                               replication_key_value="2024-02-01T00:00:00Z")
+    caplog.set_level("INFO")
+    stream.fed = record("a")
+    loop = stream._sync_records()
+    next(loop)
+    stream.fed = None
+    list(loop)
+    assert "Starting incremental sync" not in caplog.text
+    assert "starting_replication_value" not in stream.stream_state
+
+
 def test_stream_abort_at_record_count(stream: ActivityStream, written: list[Any]) -> None:
     """`--test` sets `Stream.ABORT_AT_RECORD_COUNT` (TapMarketoActivities.run_sync_dry_run,
     as the SDK's own does); the SDK's record loop then raises one of the aborted-sync

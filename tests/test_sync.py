@@ -15,6 +15,7 @@ from conftest import (
     TapRun,
     all_guids,
     config_for,
+    delivered_rows,
     parse_output,
     run_tap,
     tap_command,
@@ -52,6 +53,8 @@ def as_column(value: Any, json_type: str) -> Any:
         return None
     if json_type == "string" and not isinstance(value, str):
         return json.dumps(value)
+    if json_type == "integer" and isinstance(value, str):
+        return None  # e.g. Merge IDs "[1,2]": cannot be cast, the column stays null
     return value
 
 
@@ -103,7 +106,7 @@ def test_typed_columns_follow_marketo_data_types(catalog: dict[str, Any]) -> Non
 
 def test_every_activity_comes_out_once_typed_in_its_own_stream(
         full_run: TapRun, sandbox: Sandbox, catalog: dict[str, Any]) -> None:
-    assert_delivered_once(full_run, sandbox.expected(START, END), catalog)
+    assert_delivered_once(full_run, delivered_rows(sandbox, START, END), catalog)
     assert set(full_run.guids()) == all_guids(sandbox)
 
 
@@ -155,7 +158,7 @@ def test_a_second_run_resumes_where_the_first_ended(fresh_sandbox: Sandbox, tmp_
     second = run_tap(tmp_path / "2", config_for(fresh_sandbox), state=first.last_state)
     assert second.returncode == 0, second.stderr
     both = first.guids() + second.guids()
-    expected = fresh_sandbox.expected(START, END)
+    expected = delivered_rows(fresh_sandbox, START, END)
     assert set(both) == all_guids(fresh_sandbox)
     repeated = {g for g, n in both.items() if n > 1}
     at_bookmark = {a["marketoGUID"] for a in expected if a["activityDate"] == middle}
@@ -212,7 +215,7 @@ def test_a_sync_with_a_catalog_makes_no_discovery_call(
     assert run.returncode == 0, run.stderr
     assert fresh_sandbox.stats()["types_calls"] == 0
     assert set(run.records) == {"activities_visit_webpage", "activities_new_lead"}
-    expected = fresh_sandbox.expected(START, END, type_ids=[1, 12])
+    expected = delivered_rows(fresh_sandbox, START, END, type_ids=[1, 12])
     assert sorted(run.guids()) == sorted(a["marketoGUID"] for a in expected)
     for rows in run.records.values():
         assert all("campaignId" not in r and "webpage_url" not in r for r in rows)

@@ -8,14 +8,26 @@ import json
 import signal
 import sys
 import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from .core import Sandbox
+from .data import format_time, to_time
 
-DESCRIPTION = """\
+ACTIVITIES_PER_DAY = 2880  # one every 30 s: a few minutes' increment is never empty
+LIVE_DAYS = 28
+CONFIG_HOURS = 24
+
+
+DESCRIPTION = f"""\
 The fake Marketo bundled with tap-marketo-activities: Marketo's REST and Bulk Activity
 Extract API (tokens, error codes in HTTP 200 bodies, job states and slots, quotas, Range
-downloads, checksums) on 127.0.0.1, with deterministic activities. It prints
-"sandbox listening on URL" once it answers and runs until SIGTERM or Ctrl-C.
+downloads, checksums, Get Lead Activities and Get Deleted Leads paged by token) on
+127.0.0.1, with deterministic activities. By default the data are live: they start
+{LIVE_DAYS} days ago and run up to the clock, so new activities keep appearing
+({ACTIVITIES_PER_DAY} a day) and a run a few minutes after the last one finds a small
+increment. It prints "sandbox listening on URL" once it answers and runs until SIGTERM
+or Ctrl-C.
 Also runs as: python -m tap_marketo_activities.sandbox."""
 
 EPILOG = """\
@@ -34,19 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=7,
                         help="seed of the generated activities: the same seed gives the same "
                              "data on every start (default %(default)s)")
-    parser.add_argument("--activities-per-day", type=int, default=48,
+    parser.add_argument("--activities-per-day", type=int, default=ACTIVITIES_PER_DAY,
                         help="activities generated per day, spread over the activity types "
                              "(default %(default)s)")
     parser.add_argument("--job-latency", type=float, default=0.3,
                         help="seconds an export job spends Processing before it is Completed "
                              "(default %(default)s; a real Marketo job takes minutes)")
-    parser.add_argument("--data-start", default="2024-01-01T00:00:00Z",
-                        help="the first activity's date, ISO-8601 (default %(default)s)")
-    parser.add_argument("--data-end", default="2024-07-01T00:00:00Z",
-                        help="activities stop before this date, ISO-8601 (default %(default)s)")
+    parser.add_argument("--data-start", default=None,
+                        help=f"the first activity's date, ISO-8601 (default: midnight UTC "
+                             f"{LIVE_DAYS} days ago)")
+    parser.add_argument("--data-end", default="now",
+                        help="activities stop before this date, ISO-8601, or 'now' (the "
+                             "default): live data up to the clock, where export windows "
+                             "and Get Lead Activities show only what is before now")
     parser.add_argument("--config-out", default=None, metavar="FILE",
                         help="write a tap config for this sandbox (client_id, client_secret, "
-                             "base_url, start_date) to FILE as JSON")
+                             "base_url, start_date) to FILE as JSON; with live data "
+                             f"start_date is {CONFIG_HOURS} hours ago (on the hour), so a "
+                             "first run brings the last day in a few windows; otherwise "
+                             "it is --data-start")
     return parser
 
 
@@ -54,19 +72,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+def tap_config(sandbox: Sandbox, data_end: str, now: datetime) -> dict[str, Any]:
+    """The sandbox's config; with live data, start_date is recent (never before the data)."""
+    config = sandbox.config
+    if data_end == "now":
+        recent = (now - timedelta(hours=CONFIG_HOURS)).replace(minute=0, second=0,
+                                                               microsecond=0)
+        config["start_date"] = format_time(max(recent, to_time(sandbox.data_start)))
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    sandbox = Sandbox(seed=args.seed, data_start=args.data_start, data_end=args.data_end,
+    now = datetime.now(timezone.utc)
+    data_start = args.data_start or format_time(
+        (now - timedelta(days=LIVE_DAYS)).replace(hour=0, minute=0, second=0, microsecond=0))
+    sandbox = Sandbox(seed=args.seed, data_start=data_start, data_end=args.data_end,
                       activities_per_day=args.activities_per_day,
                       job_latency=args.job_latency, port=args.port)
     base_url = sandbox.start()
     try:
         if args.config_out:
             with open(args.config_out, "w", encoding="utf-8") as out:
-                json.dump(sandbox.config, out, indent=2)
+                json.dump(tap_config(sandbox, args.data_end, now), out, indent=2)
         print(f"sandbox listening on {base_url}", flush=True)
         while not done.wait(0.5):
             pass

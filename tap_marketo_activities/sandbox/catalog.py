@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 DELETE_LEAD = 37
+MERGE_LEADS = 32
 
 
 def _attrs(*pairs: tuple[str, str]) -> list[dict[str, str]]:
@@ -91,6 +92,10 @@ ACTIVITY_TYPES: list[dict[str, Any]] = [
           _attrs(("Source", "string"))),
     _type(25, "Remove from List", "Person is removed from a list", ("List ID", "integer"),
           _attrs(("Source", "string"))),
+    # Marketo types Merge IDs as an integer and writes a list in it: "[1520655,1797020]".
+    _type(MERGE_LEADS, "Merge Leads", "Merge two or more leads", ("Lead ID", "integer"),
+          _attrs(("Merge IDs", "integer"), ("Merge Source", "string"),
+                 ("Merged in Sales", "boolean"), ("Master Updated", "boolean"))),
     _type(DELETE_LEAD, "Delete Lead", "Delete a person", ("Lead ID", "integer"),
           _attrs(("Campaign", "string"))),
     _type(46, "Interesting Moment", "Interesting moment", ("Milestone ID", "integer"), _attrs(
@@ -136,6 +141,12 @@ def activity_types() -> list[dict[str, Any]]:
 
 def exportable_types() -> list[dict[str, Any]]:
     return [t for t in ACTIVITY_TYPES if t["id"] != DELETE_LEAD]
+
+
+def generated_types() -> list[dict[str, Any]]:
+    """The types of the main series of activities (Merge Leads has a series of its own, so
+    that adding it left every other activity as it was)."""
+    return [t for t in exportable_types() if t["id"] != MERGE_LEADS]
 
 
 def filter_group(type_id: int) -> frozenset[int] | None:

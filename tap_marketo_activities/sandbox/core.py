@@ -12,8 +12,9 @@ from .catalog import activity_types
 from .data import Dataset, matches, to_time
 from .jobs import OURS, JobBoard
 from .limits import CallLimits, Faults
+from .rest import rest_form
 from .server import SandboxServer
-from .service import Service, Settings
+from .service import ROUTES, Service, Settings
 
 TICK = 0.01
 
@@ -23,7 +24,7 @@ class Sandbox:
         self,
         seed: int = 7,
         data_start: str = "2024-01-01T00:00:00Z",
-        data_end: str = "2024-07-01T00:00:00Z",
+        data_end: str | None = "2024-07-01T00:00:00Z",
         activities_per_day: int = 48,
         job_latency: float = 0.3,
         processing_slots: int = 2,
@@ -39,12 +40,19 @@ class Sandbox:
         client_secret: str = "sandbox-secret-do-not-log",
         port: int = 0,
         ssv_delimiter: str = ";",
+        merge_ids: str = "brackets",
+        bad_merge_ids_every: int = 0,
     ) -> None:
+        """data_end None (or "now"): live data, up to the clock; activities keep appearing.
+        merge_ids: how Merge Leads write `Merge IDs` (merges.MERGE_IDS_STYLES: "brackets"
+        `[1,2]` as Marketo, "plain" `1,2`, "spaced" `[1, 2]`, "mixed" the three in turn);
+        bad_merge_ids_every N: every Nth merge writes a value that is no list of integers."""
         self.data_start = data_start
         self.end_inclusive = end_inclusive
         self.port = port
         self.lock = threading.RLock()
-        self.dataset = Dataset(seed, data_start, data_end, activities_per_day)
+        self.dataset = Dataset(seed, data_start, None if data_end == "now" else data_end,
+                               activities_per_day, merge_ids, bad_merge_ids_every)
         self.workdir = ""
         self.board = JobBoard(self.dataset, self.workdir, job_latency, processing_slots,
                               queue_limit, self.lock)
@@ -123,19 +131,38 @@ class Sandbox:
                  type_ids: list[int] | None = None,
                  primary_ids: list[Any] | None = None,
                  primary_values: list[str] | None = None) -> list[dict[str, Any]]:
-        """What a job with this createdAt window and filters returns, oldest first."""
-        indices = self.dataset.index_range(to_time(start), to_time(end), self.end_inclusive)
+        """What a job with this createdAt window and filters returns, in log order."""
+        keys = self.dataset.keys_between(to_time(start), to_time(end), self.end_inclusive)
         wanted = frozenset(type_ids) if type_ids else None
         ids = frozenset(primary_ids) if primary_ids else None
         values = frozenset(primary_values) if primary_values else None
         rows = []
-        for index in indices:
-            if wanted is not None and self.dataset.type_id(index) not in wanted:
+        for key in keys:
+            if wanted is not None and self.dataset.type_id(key) not in wanted:
                 continue
-            activity = self.dataset.activity(index)
+            activity = self.dataset.activity(key)
             if matches(activity, None, ids, values):
                 rows.append(activity)
         return rows
+
+    def expected_rest(self, start: str | datetime, end: str | datetime | None = None,
+                      type_ids: list[int] | None = None) -> list[dict[str, Any]]:
+        """What Get Lead Activities pages from `start` (inclusive) return, in order, up to
+        `end` (exclusive) or what can be seen now; all types but Delete Lead by default."""
+        return self.service.log.expected(start, end, type_ids)
+
+    @staticmethod
+    def rest_form(activity: dict[str, Any]) -> dict[str, Any]:
+        """An activity of expected() as activities.json serves it."""
+        return rest_form(activity)
+
+    def expected_merged_leads(self, start: str | datetime, end: str | datetime
+                              ) -> list[dict[str, Any]]:
+        """One record per (Merge Leads activity, lead merged away) of this createdAt
+        window: marketoGUID, activityDate, leadId (kept), mergedLeadId; none for merges
+        whose `Merge IDs` is no list of integers."""
+        merges = self.dataset.merge_range(to_time(start), to_time(end), self.end_inclusive)
+        return [pair for k in merges for pair in self.dataset.merges.merged_leads(k)]
 
     def expected_deleted_leads(self, since: str) -> list[dict[str, Any]]:
         return self.service.deleted.expected(since)
@@ -149,6 +176,8 @@ class Sandbox:
         with self.lock:
             faults = self.service.faults
             for name, value in kwargs.items():
+                if name == "routes":
+                    check_routes(value)
                 if name == "export_quota_bytes":
                     self.service.settings.export_quota_bytes = int(value)
                 elif name == "error_rate":
@@ -184,6 +213,17 @@ class Sandbox:
         with self.lock:
             self.board.other_exports.append((datetime.now(timezone.utc), int(size)))
 
+    def call_count(self, route: str = "activities", admitted: bool = False) -> int:
+        """Calls received at a route (a name of service.ROUTES: "activities",
+        "deleted_leads", "paging_token", "create", ...); admitted=True: only those that
+        passed the limits, which Marketo counts against the day."""
+        check_routes([route])
+        with self.lock:
+            if admitted:
+                return self.service.admitted_calls[route]
+            return sum(self.service.calls[f"{method} {template}"]
+                       for method, template, name in ROUTES if name == route)
+
     def dirty_guids(self) -> dict[str, str]:
         with self.lock:
             return dict(self.board.dirty_guids)
@@ -204,4 +244,12 @@ class Sandbox:
                 "export_bytes_today": board.bytes_today(),
                 "export_bytes_by_day": board.bytes_by_day(),
                 "injected": dict(service.injected),
+                "admitted_calls": dict(service.admitted_calls),
             }
+
+
+def check_routes(routes: list[str]) -> None:
+    known = {name for _, _, name in ROUTES}
+    unknown = set(routes) - known
+    if unknown:
+        raise ValueError(f"unknown route(s): {', '.join(sorted(unknown))}")

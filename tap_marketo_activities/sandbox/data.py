@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import bisect
-import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .catalog import exportable_types
+from .catalog import generated_types
+from .dice import MASK, Dice, mix
+from .merges import Merges
 
 DAY = 86400
+MERGE_KEY = 1 << 40  # key of merge k: MERGE_KEY + k; keys below it are main-series indices
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(Z|[+-]\d{2}:?\d{2})$")
 
 LONG_VALUE = ("Long value; with \"quotes\", commas,\ttabs and\r\nnewlines. " * 400)[:20500]
@@ -76,44 +78,10 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class Dice:
-    """A stream of deterministic choices for one (seed, index) pair."""
-
-    def __init__(self, seed: int, index: int, salt: str = "row") -> None:
-        self.key = f"{seed}:{salt}:{index}"
-        self.round = 0
-        self.bits = self._draw()
-
-    def _draw(self) -> int:
-        digest = hashlib.blake2b(f"{self.key}:{self.round}".encode(), digest_size=64).digest()
-        self.round += 1
-        return int.from_bytes(digest, "big")
-
-    def pick(self, n: int) -> int:
-        if self.bits < 1 << 64:
-            self.bits = self._draw()
-        self.bits, rest = divmod(self.bits, n)
-        return rest
-
-    def chance(self, num: int, den: int) -> bool:
-        return self.pick(den) < num
-
-
 BODY_BITS = 13
 BODY_POOL = 1 << BODY_BITS
 BODY_FIELDS = ("activityTypeId", "primaryAttributeValueId", "primaryAttributeValue",
                "attributes", "actionResult")
-MASK = (1 << 64) - 1
-
-
-def mix(value: int) -> int:
-    """A 64-bit integer hash (splitmix64 finaliser): cheap per-row randomness."""
-    value = (value + 0x9E3779B97F4A7C15) & MASK
-    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & MASK
-    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & MASK
-    return value ^ (value >> 31)
-
-
 class Dataset:
     """Activity i happens at data_start + floor(i * 86400 / activities_per_day) seconds.
 
@@ -122,21 +90,45 @@ class Dataset:
     that half a million rows cost seconds, not minutes.
     """
 
-    def __init__(self, seed: int, data_start: str | datetime, data_end: str | datetime,
-                 activities_per_day: int) -> None:
+    def __init__(self, seed: int, data_start: str | datetime, data_end: str | datetime | None,
+                 activities_per_day: int, merge_ids: str = "brackets",
+                 bad_merge_ids_every: int = 0) -> None:
         self.seed = seed
         self.start = to_time(data_start)
-        self.end = to_time(data_end)
+        # No data_end: live data, running up to the clock (only past seconds are visible).
+        self.live = data_end is None
+        self.end = datetime.now(timezone.utc) if data_end is None else to_time(data_end)
         self.per_day = max(1, int(activities_per_day))
-        self.span = int((self.end - self.start).total_seconds())
-        self.count = max(0, (self.span * self.per_day + DAY - 1) // DAY)
-        self.types = exportable_types()
+        self.span = int((self.end - self.start).total_seconds())  # values' dates stay in it
+        self.types = generated_types()
         self.salt = mix(seed) & 0xFFFFFFFF
         self.bodies: dict[int, dict[str, Any]] = {}
         self.day_prefixes: dict[int, str] = {}
         self.clocks: dict[int, str] = {}
         self.midnight = self.start.replace(hour=0, minute=0, second=0)
         self.start_second = int((self.start - self.midnight).total_seconds())
+        self.merges = Merges(seed, self.per_day, self.date_text, merge_ids, bad_merge_ids_every)
+
+    def visible_span(self) -> int:
+        """Seconds from data_start to the end of what can be seen now."""
+        if not self.live:
+            return self.span
+        return int((datetime.now(timezone.utc) - self.start).total_seconds())
+
+    def count_at(self, span: int) -> int:
+        return max(0, (span * self.per_day + DAY - 1) // DAY)
+
+    @property
+    def count(self) -> int:
+        """Activities of the main series that can be seen now."""
+        return self.count_at(self.visible_span())
+
+    def first_index_at(self, offset: int) -> int:
+        """The first main-series index at or after `offset`, seen or not yet."""
+        if offset <= 0:
+            return 0
+        bound = range(self.count_at(offset) + 2)
+        return bisect.bisect_left(bound, offset, key=self.offset)
 
     def offset(self, index: int) -> int:
         # Some activities share the second of the one before; midnight slots stay exact.
@@ -155,6 +147,25 @@ class Dataset:
             high = bisect.bisect_left(positions, end_off, key=self.offset)
         return range(low, max(low, high))
 
+    def merge_range(self, start: datetime, end: datetime, end_inclusive: bool) -> range:
+        """Merges (k, not keys) in the window, as index_range for the main series."""
+        start_off = int((start - self.start).total_seconds())
+        end_off = int((end - self.start).total_seconds()) + (1 if end_inclusive else 0)
+        visible = self.merges.count(self.visible_span())
+        low = min(visible, self.merges.first_at(start_off))
+        return range(low, max(low, min(visible, self.merges.first_at(end_off))))
+
+    def keys_between(self, start: datetime, end: datetime, end_inclusive: bool) -> list[int]:
+        """Keys of every activity in the window, in the activity log's order."""
+        merges = self.merge_range(start, end, end_inclusive)
+        return log_order(self, self.index_range(start, end, end_inclusive),
+                         [MERGE_KEY + k for k in merges])
+
+    def key_offset(self, key: int) -> int:
+        if key >= MERGE_KEY:
+            return self.merges.offset(key - MERGE_KEY)
+        return self.offset(key)
+
     def body_index(self, index: int) -> int:
         # Fibonacci hashing: one multiply is enough to scatter rows over the pool.
         return ((index * 0x9E3779B97F4A7C15 + self.salt) & MASK) >> (64 - BODY_BITS)
@@ -169,6 +180,8 @@ class Dataset:
         return body
 
     def type_id(self, index: int) -> int:
+        if index >= MERGE_KEY:
+            return int(self.merges.activity(index - MERGE_KEY)["activityTypeId"])
         return self.body(self.body_index(index))["activityTypeId"]
 
     def own_fields(self, index: int) -> tuple[str, int, str, int | None]:
@@ -193,6 +206,8 @@ class Dataset:
         return prefix + clock
 
     def activity(self, index: int) -> dict[str, Any]:
+        if index >= MERGE_KEY:
+            return self.merges.activity(index - MERGE_KEY)
         guid, lead_id, date, campaign = self.own_fields(index)
         body = self.body(self.body_index(index))
         return {
@@ -213,6 +228,24 @@ class Dataset:
 
     def random_date(self, dice: Dice) -> datetime:
         return self.start + timedelta(seconds=dice.pick(max(1, self.span)))
+
+
+def log_order(dataset: Dataset, main: Iterable[int], merges: list[int]) -> list[int]:
+    """Main-series indices and merge keys, each in order, merged by time (main first on a
+    tie): the order of Marketo's activity log."""
+    out: list[int] = []
+    pending = iter(merges)
+    merge = next(pending, None)
+    for index in main:
+        at = dataset.offset(index)
+        while merge is not None and dataset.key_offset(merge) < at:
+            out.append(merge)
+            merge = next(pending, None)
+        out.append(index)
+    if merge is not None:
+        out.append(merge)
+        out.extend(pending)
+    return out
 
 
 class RowMaker:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime, timedelta
 from typing import Any
 
 from .data import DAY, Dataset, Dice, format_time, to_time
 from .jobs import ApiError
+from .tokens import Token, decode, encode, numbers
 
 
 class DeletedLeads:
@@ -17,7 +17,11 @@ class DeletedLeads:
         self.seed = seed
         self.dataset = dataset
         self.step = max(60, DAY * 8 // dataset.per_day)
-        self.count = max(0, (dataset.span + self.step - 1) // self.step)
+
+    @property
+    def count(self) -> int:
+        """Deletions that can be seen now."""
+        return max(0, (self.dataset.visible_span() + self.step - 1) // self.step)
 
     def record(self, index: int) -> dict[str, Any]:
         dice = Dice(self.seed, index, "deleted")
@@ -39,32 +43,32 @@ class DeletedLeads:
             moment = to_time(datetime.fromisoformat(moment_text.replace("Z", "+00:00")))
         except ValueError:
             raise ApiError("1003", f"Invalid sinceDatetime {moment_text!r}") from None
-        seconds = int((moment - self.dataset.start).total_seconds())
-        return min(self.count, max(0, -(-seconds // self.step)))
+        return self.first_after(moment)
 
-    def token_for_time(self, moment_text: str) -> str:
-        return encode(self.first_at(moment_text))
+    def first_after(self, moment: datetime) -> int:
+        """The first deletion at or after `moment`, seen or not yet."""
+        seconds = int((moment - self.dataset.start).total_seconds())
+        return max(0, -(-seconds // self.step))
+
+    def token(self, index: int) -> str:
+        moment = self.dataset.start + timedelta(seconds=index * self.step)
+        return encode(Token(moment, f"d{index}"))
+
+    def position(self, text: str) -> int:
+        token = decode(text)
+        found = numbers(token.position, "d")
+        if found is None:
+            return self.first_after(token.instant)
+        if len(found) != 1 or found[0] < 0:
+            raise ApiError("1003", "Invalid nextPageToken")
+        return found[0]
 
     def page(self, token: str, size: int) -> tuple[list[dict[str, Any]], str, bool]:
-        start = decode(token)
-        end = min(self.count, start + size)
+        start = self.position(token)
+        count = self.count
+        end = max(start, min(count, start + size))
         rows = [self.record(k) for k in range(start, end)]
-        return rows, encode(end), end < self.count
+        return rows, self.token(end), end < count
 
     def expected(self, since: str) -> list[dict[str, Any]]:
         return [self.record(k) for k in range(self.first_at(since), self.count)]
-
-
-def encode(index: int) -> str:
-    return base64.b32encode(f"deleted:{index}".encode()).decode().rstrip("=")
-
-
-def decode(token: str) -> int:
-    try:
-        text = base64.b32decode(token + "=" * (-len(token) % 8)).decode()
-        kind, number = text.split(":")
-        if kind != "deleted":
-            raise ValueError(kind)
-        return int(number)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError("1003", "Invalid nextPageToken") from None

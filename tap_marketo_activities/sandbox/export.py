@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import random
 import threading
@@ -13,7 +14,7 @@ from datetime import timedelta, timezone
 from typing import Any
 
 from .catalog import DELETE_LEAD, activity_types
-from .data import Dataset, matches, parse_time
+from .data import MERGE_KEY, Dataset, matches, parse_time
 from .limits import FileShape
 
 ALL_FIELDS = ["marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
@@ -37,6 +38,7 @@ class ExportSpec:
     dirty: bool = False
     defect: str = ""  # limits.FILE_DEFECTS: a file unlike what was asked
     foreign_rows: int = 0  # rows of a type not asked for
+    merges: range = range(0)  # Merge Leads activities in the window (Dataset.merge_range)
     shape: FileShape = field(default_factory=FileShape)
 
 
@@ -180,10 +182,13 @@ class RowWriter:
                           for position, name in enumerate(spec.fields) if name in OWN_FIELDS]
 
     def wanted(self, index: int) -> bool:
+        spec = self.spec
+        if index >= MERGE_KEY:
+            return matches(self.dataset.activity(index), spec.type_ids, spec.primary_ids,
+                           spec.primary_values)
         number = self.dataset.body_index(index)
         keep = self.keep.get(number)
         if keep is None:
-            spec = self.spec
             keep = matches(self.dataset.body(number), spec.type_ids, spec.primary_ids,
                            spec.primary_values)
             self.keep[number] = keep
@@ -202,12 +207,20 @@ class RowWriter:
         return cells
 
     def line(self, index: int) -> bytes:
+        if index >= MERGE_KEY:
+            activity = shaped(self.dataset.activity(index), self.spec.shape)
+            row = [quote(cell_text(name, activity[name]), self.spec.delimiter)
+                   for name in self.spec.fields]
+            return self.finish(row)
         row = list(self.body_cells(self.dataset.body_index(index)))
         guid, lead_id, date, campaign = self.dataset.own_fields(index)
         own = (guid, str(lead_id), with_offset(date, self.spec.shape.date_offset),
                "null" if campaign is None else str(campaign))
         for position, slot in self.own_slots:
             row[position] = own[slot]
+        return self.finish(row)
+
+    def finish(self, row: list[str]) -> bytes:
         if self.spec.defect == "short_rows":
             row = row[:-1]
         elif self.spec.defect == "long_rows":
@@ -249,7 +262,8 @@ def write_export(dataset: Dataset, spec: ExportSpec, path: str,
     digest = hashlib.sha256()
     spec = with_defect(spec)
     writer = RowWriter(dataset, spec)
-    order = [i for i in spec.indices if writer.wanted(i)]
+    keys = itertools.chain(spec.indices, (MERGE_KEY + k for k in spec.merges))
+    order = [key for key in keys if writer.wanted(key)]
     random.Random(spec.shuffle_seed).shuffle(order)
     planner = DirtyPlanner(spec.fields) if spec.dirty else None
     with open(path, "wb") as out:

@@ -177,7 +177,8 @@ def parse_create(body: Any, dataset: Dataset, end_inclusive: bool,
         indices=dataset.index_range(start, end, end_inclusive), fields=fields,
         header_names=names, delimiter=delimiters[fmt.upper()],
         type_ids=frozenset(type_ids) if type_ids else None,
-        primary_ids=primary_ids, primary_values=primary_values)
+        primary_ids=primary_ids, primary_values=primary_values,
+        merges=dataset.merge_range(start, end, end_inclusive))
     return spec, start_at, end_at, type_ids
 
 

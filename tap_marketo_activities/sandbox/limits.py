@@ -87,6 +87,9 @@ class Faults:
     # Answer the identity call, or every other call, with a redirect to this origin.
     redirect_identity_to: str = ""
     redirect_calls_to: str = ""
+    # Route names (service.ROUTES: "activities", "deleted_leads", "status", ...) that the
+    # transport and error faults above (reset, stall, error_rate, http_5xx) hit; empty: all.
+    routes: list[str] = field(default_factory=list)
 
     @classmethod
     def names(cls) -> set[str]:

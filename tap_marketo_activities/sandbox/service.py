@@ -12,14 +12,17 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
 
 from .catalog import activity_types
-from .data import Dataset
+from .data import Dataset, to_time
 from .deleted import DeletedLeads
 from .jobs import OURS, ApiError, Job, JobBoard, parse_create
 from .limits import FILE_DEFECTS, ODD_KINDS, CallLimits, Faults
+from .rest import ActivityLog, parse_type_ids
+from .tokens import Token, encode
 
 JSON_TYPE = "application/json;charset=UTF-8"
 EXPORT = "/bulk/v1/activities/export"
@@ -80,6 +83,7 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/rest/v1/activities/types.json", "types"),
     ("GET", "/rest/v1/activities/pagingtoken.json", "paging_token"),
     ("GET", "/rest/v1/activities/deletedleads.json", "deleted_leads"),
+    ("GET", "/rest/v1/activities.json", "activities"),
     ("POST", EXPORT + "/create.json", "create"),
     ("POST", EXPORT + "/{exportId}/enqueue.json", "enqueue"),
     ("GET", EXPORT + "/{exportId}/status.json", "status"),
@@ -110,10 +114,13 @@ class Service:
         self.board = board
         self.lock = lock
         self.deleted = DeletedLeads(seed, dataset)
+        self.log = ActivityLog(dataset)
         self.faults = Faults()
         self.fault_rng = random.Random(f"{seed}:faults")
         self.id_rng = random.Random(f"{seed}:ids")
         self.calls: collections.Counter[str] = collections.Counter()
+        # Calls by route name that passed the limits (what Marketo counts against the day).
+        self.admitted_calls: collections.Counter[str] = collections.Counter()
         self.injected: collections.Counter[str] = collections.Counter()
         self.tokens: dict[str, float] = {}
         self.current_token: str | None = None
@@ -163,10 +170,12 @@ class Service:
         template, name, params = route
         with self.lock:
             self.calls[f"{request.method} {template}"] += 1
-            if self.chance(self.faults.reset_rate):
+            if self.faulty(name) and self.chance(self.faults.reset_rate):
                 self.injected["reset"] += 1
                 return Reply(reset=True)
             refused = self.gate()
+            if not refused:
+                self.admitted_calls[name] += 1
         if refused:
             return self.error(refused)
         try:
@@ -181,6 +190,10 @@ class Service:
         with self.lock:
             self.limits.release()
 
+    def faulty(self, route: str) -> bool:
+        """Whether the transport and error faults hit this route (Faults.routes)."""
+        return not self.faults.routes or route in self.faults.routes
+
     def chance(self, rate: float) -> bool:
         return rate > 0 and self.fault_rng.random() < rate
 
@@ -194,14 +207,15 @@ class Service:
 
     def admitted(self, request: Request, name: str, params: list[str]) -> Reply:
         with self.lock:
-            stall = self.chance(self.faults.stall_rate)
+            hit = self.faulty(name)
+            stall = hit and self.chance(self.faults.stall_rate)
             stall_seconds = self.faults.stall_seconds
             if stall:
                 self.injected["stall"] += 1
         if stall:
             time.sleep(stall_seconds)
         with self.lock:
-            injected = self.transport_fault()
+            injected = self.transport_fault() if hit else None
         if injected is not None:
             return injected
         problem = self.auth(request)
@@ -349,7 +363,11 @@ class Service:
         since = request.query.get("sinceDatetime")
         if not since:
             raise ApiError("1003", "sinceDatetime is required")
-        return self.ok(None, nextPageToken=self.deleted.token_for_time(since))
+        try:
+            moment = to_time(datetime.fromisoformat(since.replace("Z", "+00:00")))
+        except ValueError:
+            raise ApiError("1003", f"Invalid sinceDatetime {since!r}") from None
+        return self.ok(None, nextPageToken=encode(Token(moment)))
 
     def deleted_leads(self, request: Request) -> Reply:
         token = request.query.get("nextPageToken")
@@ -358,6 +376,14 @@ class Service:
         size = batch_size(request.query)
         rows, next_token, more = self.deleted.page(token, size)
         return self.ok(rows, nextPageToken=next_token, moreResult=more)
+
+    def activities(self, request: Request) -> Reply:
+        type_ids = parse_type_ids(request.query.get("activityTypeIds"))
+        token = request.query.get("nextPageToken")
+        if not token:
+            raise ApiError("1003", "nextPageToken is required")
+        rows, next_token, more = self.log.page(token, type_ids, batch_size(request.query))
+        return self.ok(rows or None, nextPageToken=next_token, moreResult=more)
 
     # ---- bulk export --------------------------------------------------------
 

@@ -1,0 +1,209 @@
+"""The one record path: rows from every source become records of their streams.
+
+Marketo hands rows from three places (export files, Get Lead Activities pages, Get Deleted
+Leads pages); each source turns its rows into (builder, record) pairs through the same
+RecordBuilder, and this module hands each record to its own stream's SDK record loop
+(`Stream._sync_records`, driven one record at a time). So stream maps, flattening, BATCH
+messages, `--test`'s record limit and the record counts behave alike for every source.
+
+A window is half-open, [lower, upper): a row stamped exactly at `upper` belongs to the next
+window (of this run, or of the next run, which starts at the bookmark `upper`), so no row
+is delivered by two windows, whatever a source's end bound includes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from singer_sdk.batch import Batcher
+from singer_sdk.exceptions import AbortedSyncFailedException, AbortedSyncPausedException
+
+from tap_marketo_activities.client import MarketoError
+from tap_marketo_activities.output import OutputClosed
+from tap_marketo_activities.records import FileRejected, RecordBuilder
+from tap_marketo_activities.schema import REPLICATION_KEY
+from tap_marketo_activities.settings import isoformat
+from tap_marketo_activities.streams import ActivityStream
+
+if TYPE_CHECKING:
+    # Typing only: the SDK has no public path for it (tests/test_sdk_contract.py).
+    from singer_sdk.helpers._batch import BatchConfig
+
+ABORTED = (AbortedSyncPausedException, AbortedSyncFailedException)  # --test's record limit
+PROGRESS_ROWS = 1024  # how often the record loop calls back (a state a new job waits for)
+
+Rows = Iterable[tuple[RecordBuilder, dict[str, Any]]]
+
+
+class StreamMapFailed(Exception):
+    """A stream map or flattening failed on a record: the user's expression, not Marketo."""
+
+    def __init__(self, stream: str, error: Exception) -> None:
+        super().__init__(stream, error)
+        self.stream, self.error = stream, error
+
+    def __str__(self) -> str:
+        return (f"{self.stream}: the stream map failed on a record ({type(self.error).__name__}: "
+                f"{self.error}). Check stream_maps for this stream; nothing of the window was "
+                "bookmarked, so the next run delivers it again.")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open interval of activityDate, [lower, upper)."""
+
+    start: dt.datetime
+    end: dt.datetime
+
+    @property
+    def lower(self) -> str:
+        return isoformat(self.start)
+
+    @property
+    def upper(self) -> str:
+        return isoformat(self.end)
+
+
+@dataclass
+class Delivered:
+    """What one window's rows came to."""
+
+    records: dict[str, int]  # stream name -> records written
+    at_upper_edge: int = 0  # rows stamped at the window's end: the next window's
+
+
+class Batches:
+    """BATCH messages for one stream: records go to the SDK's batch files, flushed at the
+    batch size and at the end of each window (before its bookmark moves)."""
+
+    def __init__(self, stream: ActivityStream, config: BatchConfig) -> None:
+        self.stream = stream
+        self.config = config
+        self.batcher = Batcher(stream.tap_name, stream.name, config)
+        self.records: list[dict] = []
+        self.counter = stream.get_batch_counter()
+        self.counter.__enter__()
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+        if len(self.records) >= self.config.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.records:
+            return
+        for manifest in self.batcher.get_batches(records=iter(self.records)):
+            self.stream._write_batch_message(encoding=self.config.encoding, manifest=manifest)
+            self.counter.increment()
+        self.records = []
+
+    def close(self) -> None:
+        self.counter.__exit__(None, None, None)
+
+
+class StreamFeed:
+    """One stream's SDK record loop, handed one record at a time."""
+
+    def __init__(self, stream: ActivityStream, batch_config: BatchConfig | None) -> None:
+        self.stream = stream
+        stream._write_schema_message()
+        self.batches = Batches(stream, batch_config) if batch_config else None
+        self.loop: Iterator[dict] = stream._sync_records(write_messages=self.batches is None)
+        self.open = True  # False once --test's record limit ended it
+        self.records = 0  # written in the window being delivered
+
+    def put(self, record: dict[str, Any]) -> None:
+        """Raises one of ABORTED once --test's record limit is reached."""
+        self.stream.fed = record
+        out = next(self.loop)
+        self.records += 1
+        if self.batches is not None:
+            self.batches.add(out)
+
+    def end_window(self) -> None:
+        if self.batches:
+            self.batches.flush()  # the BATCH message before the state that covers it
+
+    def finish(self) -> None:
+        """The SDK's end of a stream: its record count."""
+        if self.open:
+            self.stream.fed = None
+            try:
+                for _ in self.loop:
+                    pass
+            except ABORTED:
+                pass
+            self.open = False
+        if self.batches:
+            self.batches.close()
+
+
+class RecordPath:
+    """Every stream's feed, and the one loop that hands each row to its stream."""
+
+    def __init__(self, batch_config: BatchConfig | None,
+                 on_progress: Callable[[], None] = lambda: None) -> None:
+        self.batch_config = batch_config
+        self.on_progress = on_progress  # called every PROGRESS_ROWS rows
+        self.feeds: dict[str, StreamFeed] = {}
+
+    def feed(self, stream: ActivityStream) -> StreamFeed:
+        """The stream's feed, opened (SCHEMA written) on first use."""
+        if stream.name not in self.feeds:
+            self.feeds[stream.name] = StreamFeed(stream, self.batch_config)
+        return self.feeds[stream.name]
+
+    @property
+    def open(self) -> bool:
+        """Some stream still takes records (--test closes each after its first)."""
+        return any(feed.open for feed in self.feeds.values())
+
+    def deliver(self, rows: Rows, streams: Mapping[RecordBuilder, ActivityStream],
+                window: Window) -> Delivered:
+        """Every row of [lower, upper) to its stream; the window's BATCH files flushed.
+        Rows stamped before the window's start or at/after its end are not its own."""
+        feeds = {builder: self.feed(stream) for builder, stream in streams.items()}
+        for feed in feeds.values():
+            feed.records = 0
+            feed.stream.extracted_at = dt.datetime.now(dt.timezone.utc)
+        outside = self._deliver(iter(rows), feeds, window.lower, window.upper)
+        for feed in feeds.values():
+            feed.end_window()
+            feed.stream.records_written += feed.records
+        return Delivered({f.stream.name: f.records for f in feeds.values()}, outside)
+
+    def _deliver(self, rows: Iterator[tuple[RecordBuilder, dict[str, Any]]],
+                 feeds: Mapping[RecordBuilder, StreamFeed], lower: str, upper: str) -> int:
+        """The hot loop; returns the rows outside the window. Resumed after --test's record
+        limit closes a stream, as the rows of the others go on."""
+        outside = count = 0
+        feed: StreamFeed | None = None
+        while True:
+            try:
+                for builder, record in rows:
+                    feed = feeds[builder]
+                    stamp = record[REPLICATION_KEY]
+                    if not lower <= stamp < upper:
+                        outside += 1
+                    elif feed.open:
+                        feed.put(record)
+                        count += 1
+                        if not count % PROGRESS_ROWS:
+                            self.on_progress()
+                return outside
+            except ABORTED:
+                assert feed is not None
+                feed.open = False  # --test's one record per stream is out
+            except (OutputClosed, MarketoError, FileRejected):
+                raise
+            except Exception as exc:
+                if feed is None or feed.stream.plain_output:
+                    raise
+                raise StreamMapFailed(feed.stream.name, exc) from exc
+
+    def finish(self) -> None:
+        for feed in self.feeds.values():
+            feed.finish()
