@@ -196,6 +196,13 @@ def _bookmarks(run: TapRun) -> dict[str, Any]:
             for stream, value in run.last_state["bookmarks"].items()}
 
 
+def _read_problems(run: TapRun) -> set[str]:
+    """What the file reader warned of (a kind, or a field that could not be cast), without
+    the file, row and value it named: rows come in another order in every file."""
+    return {re.sub(r".*, row \d+: ", "", line).split(": ")[0] for line in run.stderr.splitlines()
+            if "| WARNING" in line and "tap_marketo_activities.records" in line}
+
+
 def _raw_files(raw: Path) -> list[str]:
     files = [path.read_text() for path in sorted(raw.iterdir()) if path.suffix != ".json"]
     assert files
@@ -229,6 +236,4 @@ def test_each_file_shape_is_delivered_as_the_canonical_shape(
     assert dates and all(UTC_DATE.fullmatch(d) for d in dates)
     assert _bookmarks(run) == _bookmarks(canonical)
     assert all(UTC_DATE.fullmatch(v) for v in _bookmarks(run).values())
-    read_problems = [line for line in run.stderr.splitlines()
-                     if "| WARNING" in line and "tap_marketo_activities.records" in line]
-    assert read_problems == []
+    assert _read_problems(run) == _read_problems(canonical)
