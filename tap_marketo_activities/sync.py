@@ -243,6 +243,9 @@ class OnePass:
             groups = len(groups_of([s.type_id for s in streams]))
             cap = call_cap(mode, self.budget, window.end - window.start, groups, fallback)
             self._log_rest_choice(window, streams, cap)
+            if cap is None and mode == "always":
+                self._budget_spent(window, window.lower)  # spent by earlier runs today
+                return
             if cap is None:
                 continue
             self._rest_window(streams, window, cap)
@@ -272,7 +275,9 @@ class OnePass:
                                    len(groups_of([s.type_id for s in streams])))
         about = f"about {plural(estimate, 'call')}" if estimate is not None else \
             "cost not learnt yet"
-        road = "Get Lead Activities" if cap is not None else "bulk export"
+        road = "Get Lead Activities" if cap is not None else \
+            "no road today (rest_increments: always)" if self.settings.rest_increments == \
+            "always" else "bulk export"
         logger.info("Increment %s .. %s for %s: through %s (%s; %d of max_rest_calls_per_day="
                     "%d used today).", window.lower, window.upper,
                     plural(len(streams), "stream"), road, about, budget.used, budget.limit)

@@ -124,6 +124,8 @@ def test_always_stops_cleanly_at_the_budget_and_the_next_day_goes_on(
     # The same day: the budget is spent, across runs.
     again = run_ok(tmp_path / "2", settings, first.last_state)
     assert rest_calls(box) <= 6 and again.records == {}
+    assert len([line for line in again.stderr.splitlines() if "| WARNING" in line
+                and "max_rest_calls_per_day" in line]) == 1, again.stderr[-3000:]
     # Another day (a new day in the state): it goes on where the first run stopped.
     state = {**again.last_state, "marketo_rest": {**again.last_state["marketo_rest"],
                                                    "day": "2000-01-01"}}
