@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +49,37 @@ DOWNLOAD_RESUMES = 20
 CHECKSUM_ATTEMPTS = 3
 CHUNK_BYTES = 1 << 20
 PAGE_SIZE = 300  # Marketo's most per page of a listing
-RUNNING_STATUSES = ("Created", "Queued", "Processing")  # a job in Marketo not finished yet
-FINAL_STATUSES = ("Completed", "Failed", "Cancelled")
-STATUSES = RUNNING_STATUSES + FINAL_STATUSES
+
+
+class JobStatus(str, Enum):
+    """Where a job is: Marketo's six statuses, then this tap's own words for a job."""
+
+    CREATED = "Created"
+    QUEUED = "Queued"
+    PROCESSING = "Processing"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+    NEW = "New"  # not created yet, or an earlier run's job not asked about yet
+    TIMEOUT = "Timeout"  # not Completed within job_timeout_seconds
+    GONE = "Gone"  # its file never served: not kept in the state, the next run asks anew
+    REJECTED = "Rejected"  # its file not what was asked: not kept in the state either
+
+    def __str__(self) -> str:
+        return self.value
+
+
+RUNNING_STATUSES = (JobStatus.CREATED, JobStatus.QUEUED, JobStatus.PROCESSING)
+FINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+MARKETO_STATUSES = frozenset(s.value for s in RUNNING_STATUSES + FINAL_STATUSES)
+KEPT_STATUSES = (*RUNNING_STATUSES, JobStatus.COMPLETED, JobStatus.NEW)  # re-used after a crash
 
 
 def job_problem(job: dict[str, Any]) -> str | None:
     """What makes an answer about a job odd (see MarketoClient.result), if anything."""
     if not job.get("exportId"):
         return "a job without exportId"
-    if job.get("status") not in STATUSES:
+    if job.get("status") not in MARKETO_STATUSES:
         return "an unknown job status"
     return None
 
@@ -191,7 +213,7 @@ def used_today(client: MarketoClient, now: dt.datetime) -> int:
     Marketo counts against today's export quota."""
     since = central_midnight(now)
     used = 0
-    for job in list_exports(client, ("Completed",)):
+    for job in list_exports(client, (JobStatus.COMPLETED,)):
         try:
             finished = parse_datetime(str(job.get("finishedAt")))
         except ValueError:
@@ -218,17 +240,17 @@ class ExportJob:
         self.stop = stop
         self.export_id = export_id  # set: re-attach to a job of an earlier run
         self.story: list[str] = []
-        self._status = "New"
+        self._status = JobStatus.NEW
         self.status_since = time.monotonic()
         self.completed_before = False  # re-used and already Completed: its bytes counted
         self.received = 0  # bytes of the file so far, for progress on a terminal
 
     @property
-    def status(self) -> str:
+    def status(self) -> JobStatus:
         return self._status
 
     @status.setter
-    def status(self, value: str) -> None:
+    def status(self, value: JobStatus) -> None:
         if value != self._status:
             self._status, self.status_since = value, time.monotonic()
 
@@ -238,25 +260,25 @@ class ExportJob:
         if self.export_id is not None:
             self._note(f"re-attaching to {self.export_id} from the last run")
         while True:
-            reused = self.export_id is not None and self.status == "New"
+            reused = self.export_id is not None and self.status == JobStatus.NEW
             if self.export_id is None:
                 self.export_id = self._create()
                 self.on_created(self.export_id)
             try:
                 outcome, status = self._follow(self.export_id)
             except FatalError as exc:
-                if self.status != "New":
+                if self.status != JobStatus.NEW:
                     raise
                 self._note(f"job of the last run is not usable ({exc}): creating a new one")
                 self.export_id = None
                 continue
-            if reused and outcome in ("Failed", "Cancelled"):
+            if reused and outcome in (JobStatus.FAILED, JobStatus.CANCELLED):
                 # Ended before this run saw it (cancelled by the last run's stop): not an
                 # attempt of this run's.
                 self._note(f"job of the last run is {outcome}: creating a new one")
                 self.export_id = None
                 continue
-            if outcome == "Completed":
+            if outcome == JobStatus.COMPLETED:
                 try:
                     done = self._download(self.export_id, status)
                     self._check_contents(done)
@@ -264,7 +286,7 @@ class ExportJob:
                 except FileGone:
                     failures += 1
                     if failures >= self.timings.max_attempts:
-                        self.status = "Gone"  # not kept in the state: the next run asks anew
+                        self.status = JobStatus.GONE
                         raise JobFailed(self._failure("never served its file")) from None
                     self._note("file gone (past Marketo's retention?): creating a new job")
                     self.export_id = None
@@ -276,7 +298,7 @@ class ExportJob:
                     logger.warning("%s: creating a new job.", refused)
                     self.export_id = None
                     continue
-            if outcome == "Timeout":
+            if outcome == JobStatus.TIMEOUT:
                 timeouts += 1
                 self._cancel(self.export_id)
                 if timeouts > 1:
@@ -295,37 +317,37 @@ class ExportJob:
         job = self.client.result("POST", f"{EXPORT_PATH}/create.json", self.spec.body(),
                                  check=job_problem)
         export_id = str(job["exportId"])
-        self.status = "Created"
+        self.status = JobStatus.CREATED
         self._status_known_at = time.monotonic()
         self._note(f"created {export_id}")
         return export_id
 
-    def _follow(self, export_id: str) -> tuple[str, dict[str, Any]]:
+    def _follow(self, export_id: str) -> tuple[JobStatus, dict[str, Any]]:
         """Enqueue if needed, then poll until a final status or the timeout."""
-        if self.status == "Created":  # just created here: nothing to ask
-            status = {"exportId": export_id, "status": "Created"}
+        if self.status == JobStatus.CREATED:  # just created here: nothing to ask
+            status: dict[str, Any] = {"exportId": export_id, "status": JobStatus.CREATED}
         else:
             status = self._poll(export_id)
-            self.completed_before = status.get("status") == "Completed"
+            self.completed_before = status.get("status") == JobStatus.COMPLETED
         deadline = time.monotonic() + self.timings.job_timeout
         wait = min(FIRST_POLL_SECONDS, self.timings.poll_interval)
         enqueued = False
         while True:
-            state = status.get("status", "")
-            if state == "Created":  # new, or an enqueue that did not take: enqueue (again)
+            state = JobStatus(status["status"])
+            if state == JobStatus.CREATED:  # new, or an enqueue that did not take: enqueue (again)
                 if enqueued:
                     self._note("still Created after its enqueue: enqueuing it again")
                 self._enqueue(export_id)
                 enqueued = True
-                status = {"exportId": export_id, "status": "Queued"}
+                status = {"exportId": export_id, "status": JobStatus.QUEUED}
                 continue
             if state in FINAL_STATUSES:
-                if state != "Completed":
+                if state != JobStatus.COMPLETED:
                     self._note(f"{state}: {status.get('errorMsg', 'no reason given')}")
                 return state, status
             if time.monotonic() >= deadline:
                 self._note(f"still {state} after {self.timings.job_timeout:.0f} s")
-                return "Timeout", status
+                return JobStatus.TIMEOUT, status
             self._sleep(wait)
             wait = min(wait * POLL_GROWTH, self.timings.poll_interval)
             status = self._poll(export_id)
@@ -348,7 +370,7 @@ class ExportJob:
                 logger.info("Export queue full (other jobs of the instance): retrying enqueue "
                             "of %s in %.0f s.", self.spec.label, wait)
                 self._sleep(wait)
-        self.status = "Queued"
+        self.status = JobStatus.QUEUED
         self._status_known_at = time.monotonic()  # a listing from before says Created
         self._note("queued")
 
@@ -359,7 +381,7 @@ class ExportJob:
         else:
             status = self.client.result("GET", f"{EXPORT_PATH}/{export_id}/status.json",
                                         check=job_problem)
-        state = status.get("status", "")
+        state = JobStatus(status["status"])  # job_problem: one of Marketo's
         if state != self.status:
             self.status = state
             self._note(state.lower())
@@ -375,7 +397,7 @@ class ExportJob:
     def cancel_if_running(self) -> None:
         if self.export_id and self.status in RUNNING_STATUSES and \
                 self._cancel(self.export_id):
-            self.status = "Cancelled"
+            self.status = JobStatus.CANCELLED
 
     # -- download -----------------------------------------------------------------------
 
@@ -419,7 +441,7 @@ class ExportJob:
                        f"export {done.export_id}")
         except FileRejected as exc:
             done.path.unlink(missing_ok=True)
-            self.status = "Rejected"  # not kept in the state: the next run asks anew
+            self.status = JobStatus.REJECTED
             self._note("file refused")
             raise FileRefused(f"Export for {spec.label}: {exc}") from None
 

@@ -27,7 +27,7 @@ from concurrent.futures import Future, TimeoutError, wait
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tap_marketo_activities.client import (
     ExportQuotaExhausted,
@@ -38,10 +38,12 @@ from tap_marketo_activities.client import (
 from tap_marketo_activities.export import (
     EXPORT_FIELDS,
     FIRST_POLL_SECONDS,
+    KEPT_STATUSES,
     RUNNING_STATUSES,
     CompletedExport,
     ExportJob,
     JobSpec,
+    JobStatus,
     JobTimings,
     StatusBoard,
     cancel_export,
@@ -58,6 +60,7 @@ PROBE = dt.timedelta(days=1)  # the first window when no export size is known ye
 SMALLEST_CUT = dt.timedelta(hours=1)  # a window cut to fit the quota is whole hours
 
 Window = tuple[dt.datetime, dt.datetime]
+Verdict = Literal["go", "wait", "refuse"]  # the quota's word on the next job (`_admit`)
 
 
 @dataclass
@@ -280,6 +283,13 @@ class ExportScheduler:
             self._cond.notify_all()
         done.path.unlink(missing_ok=True)
 
+    def rejected(self, planned: PlannedJob) -> None:
+        """The window's file was refused while read: its job is not kept in the state, so
+        the next run asks for the window anew."""
+        with self._cond:
+            if planned.job is not None:
+                planned.job.status = JobStatus.REJECTED
+
     def state_wanted(self) -> bool:
         """A job was created and waits for the state to name it before it is enqueued."""
         return self._state_asked > self._state_written
@@ -346,7 +356,7 @@ class ExportScheduler:
                 self._next += 1
                 return planned
 
-    def _admit(self, planned: PlannedJob) -> str:
+    def _admit(self, planned: PlannedJob) -> Verdict:
         """go, wait or refuse: the quota's word on the next job (cutting it to fit)."""
         earlier = self._earlier_for(planned)
         if earlier is not None:
@@ -380,7 +390,7 @@ class ExportScheduler:
         planned.reserved = self.quota.reserve(estimate)
         return "go"
 
-    def _probe(self, planned: PlannedJob) -> str:
+    def _probe(self, planned: PlannedJob) -> Verdict:
         """Nothing tells what a window costs: one short window, alone, to learn it. With
         less than half the cap left today, an hour's export instead of a day's."""
         room = self.quota.room()
@@ -555,7 +565,7 @@ class ExportScheduler:
             for planned in self.jobs:
                 job = planned.job
                 if job and job.export_id and not planned.emitted and \
-                        job.status in (*RUNNING_STATUSES, "Completed", "New"):
+                        job.status in KEPT_STATUSES:
                     keep.append({"exportId": job.export_id, **job.spec.key()})
             return keep
 

@@ -426,8 +426,8 @@ class OnePass:
         except (MarketoError, FileRejected) as exc:
             # Windows already delivered keep their state; the sync ends with this error
             # as one line (tap.sync_all), or a warning for a day's quota.
-            if isinstance(exc, FileRejected) and planned.job is not None:
-                planned.job.status = "Rejected"  # not kept in the state: the next run asks anew
+            if isinstance(exc, FileRejected):
+                self.scheduler.rejected(planned)
             self.stop_reason = exc
             logger.debug("Stopping before %s", planned.spec.label, exc_info=True)
             return False
