@@ -165,6 +165,29 @@ class CompletedExport:
     story: list[str] = field(default_factory=list)
 
 
+@dataclass
+class RetryPolicy:
+    """A job's one retry policy: a job that ends Failed or Cancelled, or whose file is gone
+    or refused, is created again up to max_job_attempts in all; a timeout, once."""
+
+    max_attempts: int
+    failures: int = 0
+    timeouts: int = 0
+
+    def another(self, outcome: JobStatus) -> bool:
+        """Counts this outcome; whether another job may be created."""
+        if outcome == JobStatus.TIMEOUT:
+            self.timeouts += 1
+            return self.timeouts <= 1
+        self.failures += 1
+        return self.failures < self.max_attempts
+
+    def why(self, outcome: JobStatus, timeout: float) -> str:
+        if outcome == JobStatus.TIMEOUT:
+            return f"not Completed within {timeout:.0f} s, twice"
+        return f"{outcome} {self.failures} times"
+
+
 class StatusBoard:
     """One list call stands for the status calls of all our jobs in flight.
 
@@ -255,60 +278,58 @@ class ExportJob:
             self._status, self.status_since = value, time.monotonic()
 
     def run(self) -> CompletedExport:
-        failures = 0
-        timeouts = 0
+        policy = RetryPolicy(self.timings.max_attempts)
         if self.export_id is not None:
             self._note(f"re-attaching to {self.export_id} from the last run")
-        while True:
-            reused = self.export_id is not None and self.status == JobStatus.NEW
-            if self.export_id is None:
-                self.export_id = self._create()
-                self.on_created(self.export_id)
-            try:
-                outcome, status = self._follow(self.export_id)
-            except FatalError as exc:
-                if self.status != JobStatus.NEW:
-                    raise
-                self._note(f"job of the last run is not usable ({exc}): creating a new one")
-                self.export_id = None
-                continue
-            if reused and outcome in (JobStatus.FAILED, JobStatus.CANCELLED):
-                # Ended before this run saw it (cancelled by the last run's stop): not an
-                # attempt of this run's.
-                self._note(f"job of the last run is {outcome}: creating a new one")
-                self.export_id = None
-                continue
-            if outcome == JobStatus.COMPLETED:
-                try:
-                    done = self._download(self.export_id, status)
-                    self._check_contents(done)
-                    return done
-                except FileGone:
-                    failures += 1
-                    if failures >= self.timings.max_attempts:
-                        self.status = JobStatus.GONE
-                        raise JobFailed(self._failure("never served its file")) from None
-                    self._note("file gone (past Marketo's retention?): creating a new job")
-                    self.export_id = None
-                    continue
-                except FileRefused as refused:
-                    failures += 1
-                    if failures >= self.timings.max_attempts:
-                        raise
-                    logger.warning("%s: creating a new job.", refused)
-                    self.export_id = None
-                    continue
-            if outcome == JobStatus.TIMEOUT:
-                timeouts += 1
-                self._cancel(self.export_id)
-                if timeouts > 1:
-                    raise JobFailed(self._failure(f"not Completed within "
-                                                  f"{self.timings.job_timeout:.0f} s, twice"))
-            else:
-                failures += 1
-                if failures >= self.timings.max_attempts:
-                    raise JobFailed(self._failure(f"{outcome} {failures} times"))
+        while (done := self._attempt(policy)) is None:
             self.export_id = None
+        return done
+
+    def _attempt(self, policy: RetryPolicy) -> CompletedExport | None:
+        """One job, created here or an earlier run's, to its verified file; None: drop this
+        job and create another."""
+        reused = self.export_id is not None and self.status == JobStatus.NEW
+        if self.export_id is None:
+            self.export_id = self._create()
+            self.on_created(self.export_id)
+        try:
+            outcome, status = self._follow(self.export_id)
+        except FatalError as exc:
+            if self.status != JobStatus.NEW:
+                raise
+            self._note(f"job of the last run is not usable ({exc}): creating a new one")
+            return None
+        if reused and outcome in (JobStatus.FAILED, JobStatus.CANCELLED):
+            # Ended before this run saw it (cancelled by the last run's stop): not an
+            # attempt of this run's.
+            self._note(f"job of the last run is {outcome}: creating a new one")
+            return None
+        if outcome == JobStatus.COMPLETED:
+            return self._verified_file(self.export_id, status, policy)
+        if outcome == JobStatus.TIMEOUT:
+            self._cancel(self.export_id)
+        if not policy.another(outcome):
+            raise JobFailed(self._failure(policy.why(outcome, self.timings.job_timeout)))
+        return None
+
+    def _verified_file(self, export_id: str, status: dict[str, Any],
+                       policy: RetryPolicy) -> CompletedExport | None:
+        """The Completed job's file, whole and as asked; None: create another job."""
+        try:
+            done = self._download(export_id, status)
+            self._check_contents(done)
+        except FileGone:
+            if not policy.another(JobStatus.GONE):
+                self.status = JobStatus.GONE
+                raise JobFailed(self._failure("never served its file")) from None
+            self._note("file gone (past Marketo's retention?): creating a new job")
+            return None
+        except FileRefused as refused:
+            if not policy.another(JobStatus.REJECTED):
+                raise
+            logger.warning("%s: creating a new job.", refused)
+            return None
+        return done
 
     # -- steps --------------------------------------------------------------------------
 

@@ -290,12 +290,7 @@ class OnePass:
         last_checkpoint = [time.monotonic()]
 
         def checkpoint() -> None:
-            for group, group_streams in zip(read.groups, members, strict=True):
-                for stream in group_streams:
-                    self.path.feed(stream).end_window()  # BATCH files before the state
-                    if group.edge and not self.dry_run:
-                        stream.reached(group.edge)
-            self.write_state()
+            self._rest_checkpoint(read, members)
             last_checkpoint[0] = time.monotonic()
 
         def rows() -> Iterator[tuple[RecordBuilder, dict[str, Any]]]:
@@ -324,6 +319,14 @@ class OnePass:
         self._end_rest_window(read, members, window, delivered, calls_before)
         if problems.counts:
             logger.warning("%s had problems: %s", problems.label, problems.summary())
+
+    def _rest_checkpoint(self, read: RestRead, members: list[list[ActivityStream]]) -> None:
+        for group, group_streams in zip(read.groups, members, strict=True):
+            for stream in group_streams:
+                self.path.feed(stream).end_window()  # BATCH files before the state
+                if group.edge and not self.dry_run:
+                    stream.reached(group.edge)
+        self.write_state()
 
     def _end_rest_window(self, read: RestRead, members: list[list[ActivityStream]],
                          window: Window, delivered: Delivered | None,
