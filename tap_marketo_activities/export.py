@@ -249,8 +249,8 @@ def used_today(client: MarketoClient, now: dt.datetime) -> int:
 class ExportJob:
     """Runs one JobSpec to a verified file on disk, retrying what can be retried."""
 
-    def __init__(self, client: MarketoClient, spec: JobSpec, workdir: Path, timings: JobTimings,
-                 stop: threading.Event, export_id: str | None = None,
+    def __init__(self, *, client: MarketoClient, spec: JobSpec, workdir: Path,
+                 timings: JobTimings, stop: threading.Event, export_id: str | None = None,
                  board: StatusBoard | None = None,
                  on_created: Callable[[str], None] = lambda export_id: None) -> None:
         self.client = client

@@ -125,38 +125,46 @@ def backward_windows(
     return {s: [(mirror(b), mirror(a)) for a, b in windows] for s, windows in mirrored.items()}
 
 
-def plan_jobs(
-    starts: Mapping[str, dt.datetime],
-    type_ids: Mapping[str, int],
-    end: dt.datetime,
-    width: dt.timedelta,
-    fields: Mapping[str, set[str]] | None = None,
-    filters: Mapping[str, PrimaryFilter | None] | None = None,
-    direction: str = FORWARD,
-    anchor: dt.datetime | None = None,
-    **spec_options: Any,
-) -> list[PlannedJob]:
+@dataclass(frozen=True)
+class PlanRequest:
+    """What every job of a plan is asked with: each stream's type, the columns it needs
+    (all when `fields` is None) and its primary attribute filter; the window grid; and the
+    file's format and header names (JobSpec's defaults when not given)."""
+
+    type_ids: Mapping[str, int]
+    width: dt.timedelta
+    anchor: dt.datetime | None = None  # the grid's origin; default the earliest start
+    fields: Mapping[str, set[str]] | None = None
+    filters: Mapping[str, PrimaryFilter | None] = field(default_factory=dict)
+    export_format: str = JobSpec.export_format
+    header_names: tuple[tuple[str, str], ...] = JobSpec.header_names
+
+
+def plan_jobs(starts: Mapping[str, dt.datetime], *, end: dt.datetime, request: PlanRequest,
+              direction: str = FORWARD) -> list[PlannedJob]:
     """One job per distinct window, serving every stream that needs that window, asking
-    for the columns those streams need (all of them when `fields` is not given). A stream
-    with a primary attribute filter gets jobs of its own (Marketo applies a filter to every
-    type of a job). Going BACKWARD, `starts` are each stream's upper edge and `end` the
-    lower bound. `spec_options` go to every JobSpec (format, header names)."""
+    for the columns those streams need. A stream with a primary attribute filter gets jobs
+    of its own (Marketo applies a filter to every type of a job). Going BACKWARD, `starts`
+    are each stream's upper edge and `end` the lower bound."""
+    width, anchor, fields, filters = request.width, request.anchor, request.fields, \
+        request.filters
     if direction == FORWARD:
         windows = grid_windows(starts, end, width, anchor)
     else:
         windows = backward_windows(starts, end, width, anchor)
     by_window: dict[tuple, list[str]] = {}
     for stream, stream_windows in windows.items():
-        primary = (filters or {}).get(stream)
+        primary = filters.get(stream)
         for window in stream_windows:
             by_window.setdefault((*window, primary and stream), []).append(stream)
     jobs = []
     for (lower, upper, filtered), streams in sorted(by_window.items(), key=_order(direction)):
-        ids = tuple(sorted({type_ids[s] for s in streams}))
+        ids = tuple(sorted({request.type_ids[s] for s in streams}))
         needed = set().union(*(fields[s] for s in streams)) if fields else set(EXPORT_FIELDS)
         columns = tuple(f for f in EXPORT_FIELDS if f in needed)
-        primary = (filters or {}).get(filtered) if filtered else None
-        spec = JobSpec(lower, upper, ids, columns, primary_filter=primary, **spec_options)
+        primary = filters.get(filtered) if filtered else None
+        spec = JobSpec(lower, upper, ids, columns, export_format=request.export_format,
+                       primary_filter=primary, header_names=request.header_names)
         jobs.append(PlannedJob(spec, sorted(streams), direction))
     return jobs
 
@@ -207,7 +215,7 @@ def covers(earlier: JobSpec, planned: PlannedJob) -> bool:
 class ExportScheduler:
     """Runs planned jobs ahead of the window being written, in window order."""
 
-    def __init__(self, client: MarketoClient, jobs: list[PlannedJob], workdir: Path,
+    def __init__(self, *, client: MarketoClient, jobs: list[PlannedJob], workdir: Path,
                  timings: JobTimings, max_in_queue: int, quota: ExportQuota,
                  earlier_exports: Iterable[Mapping], raw_files_dir: Path | None,
                  heartbeat_seconds: float) -> None:
@@ -444,8 +452,9 @@ class ExportScheduler:
         self._next = len(self.jobs)
 
     def _new_job(self, spec: JobSpec, export_id: str | None = None) -> ExportJob:
-        return ExportJob(self.client, spec, self.workdir, self.timings, self.stop,
-                         export_id, self.board, on_created=self._persist)
+        return ExportJob(client=self.client, spec=spec, workdir=self.workdir,
+                         timings=self.timings, stop=self.stop, export_id=export_id,
+                         board=self.board, on_created=self._persist)
 
     def _persist(self, export_id: str) -> None:
         """Before a new job is enqueued (and can spend quota), the state must name it: a

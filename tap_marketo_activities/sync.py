@@ -57,6 +57,7 @@ from tap_marketo_activities.scheduler import (
     FORWARD,
     ExportScheduler,
     PlannedJob,
+    PlanRequest,
     plan_jobs,
 )
 from tap_marketo_activities.schema import BULK_ONLY_COLUMNS, REPLICATION_KEY
@@ -99,17 +100,17 @@ def plan(streams: list[ActivityStream], settings: Settings) -> list[PlannedJob]:
             forward[stream.name] = max(high, settings.start)
         if low is not None and low > settings.start:
             backward[stream.name] = min(low, settings.end)
-    common: dict[str, Any] = {
-        "type_ids": {s.name: s.type_id for s in streams},
-        "width": dt.timedelta(days=settings.window_days),
-        "anchor": settings.start,  # the same grid in every run: a crashed run's jobs fit
-        "fields": {s.name: s.export_fields() for s in streams},
-        "filters": {s.name: settings.primary_filters.get(s.type_id) for s in streams},
-        "export_format": settings.export_format,
-        "header_names": tuple(settings.column_header_names.items()),
-    }
-    ahead = plan_jobs(forward, end=settings.end, direction=FORWARD, **common)
-    behind = plan_jobs(backward, end=settings.start, direction=BACKWARD, **common)
+    request = PlanRequest(
+        type_ids={s.name: s.type_id for s in streams},
+        width=dt.timedelta(days=settings.window_days),
+        anchor=settings.start,  # the same grid in every run: a crashed run's jobs fit
+        fields={s.name: s.export_fields() for s in streams},
+        filters={s.name: settings.primary_filters.get(s.type_id) for s in streams},
+        export_format=settings.export_format,
+        header_names=tuple(settings.column_header_names.items()),
+    )
+    ahead = plan_jobs(forward, end=settings.end, request=request, direction=FORWARD)
+    behind = plan_jobs(backward, end=settings.start, request=request, direction=BACKWARD)
     return ahead + behind if newest_first else behind + ahead
 
 
@@ -415,10 +416,12 @@ class OnePass:
         self.folder = RunFolder()
         timings = JobTimings(settings.poll_interval, settings.job_timeout,
                              settings.max_job_attempts)
-        return ExportScheduler(client, jobs, self.folder.path, timings,
-                               settings.max_jobs_in_queue, quota,
-                               self.state.get(EXPORTS_STATE_KEY) or [],
-                               settings.raw_files_dir, settings.heartbeat_seconds)
+        return ExportScheduler(client=client, jobs=jobs, workdir=self.folder.path,
+                               timings=timings, max_in_queue=settings.max_jobs_in_queue,
+                               quota=quota,
+                               earlier_exports=self.state.get(EXPORTS_STATE_KEY) or [],
+                               raw_files_dir=settings.raw_files_dir,
+                               heartbeat_seconds=settings.heartbeat_seconds)
 
     def _window(self, planned: PlannedJob) -> bool:
         """Deliver one window to every stream it serves; False: stop here."""

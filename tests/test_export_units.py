@@ -86,7 +86,8 @@ class FakeMarketo:
 
 def job(fake: FakeMarketo, tmp_path: Path, attempts: int = 3) -> ExportJob:
     timings = JobTimings(poll_interval=1.0, job_timeout=3600.0, max_attempts=attempts)
-    return ExportJob(cast(MarketoClient, fake), SPEC, tmp_path, timings, NoWait())
+    return ExportJob(client=cast(MarketoClient, fake), spec=SPEC, workdir=tmp_path,
+                     timings=timings, stop=NoWait())
 
 
 def test_a_completed_job_is_downloaded_and_checked(tmp_path: Path) -> None:
