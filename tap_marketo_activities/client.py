@@ -266,9 +266,6 @@ def guard_urllib3_logs() -> None:
             log.addFilter(QuerySecretFilter())
 
 
-guard_urllib3_logs()
-
-
 def _log_retry(details: Mapping[str, Any]) -> None:
     error = details.get("exception")
     method, path = details["args"][:2]
@@ -289,6 +286,7 @@ class MarketoClient:
         max_retry_seconds: float,
         pacer: Pacer,
     ) -> None:
+        guard_urllib3_logs()  # here, not at import: after the user's logging config is set
         self.base_url = base_url.rstrip("/")
         self._client_id = client_id
         self._client_secret = client_secret

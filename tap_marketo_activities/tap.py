@@ -147,8 +147,9 @@ class TapMarketoActivities(Tap):
         types = self._activity_types()
         names = stream_names(types)  # over all types, so a filter never renames a stream
         wanted = self.settings.activity_type_ids
+        said: set[str | None] = set()  # unknown dataTypes: one line each per discovery
         streams = [
-            _stream_class(int(t["id"]))(self, names[int(t["id"])], activity_schema(t))
+            _stream_class(int(t["id"]))(self, names[int(t["id"])], activity_schema(t, said))
             for t in types
             if wanted is None or int(t["id"]) in wanted
         ]
