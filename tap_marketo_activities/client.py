@@ -20,6 +20,7 @@ from urllib.parse import quote, quote_plus, urlsplit
 
 import backoff
 import requests
+from typing_extensions import override
 from urllib3.exceptions import NewConnectionError
 
 logger = logging.getLogger(__name__)
@@ -247,6 +248,7 @@ class QuerySecretFilter(logging.Filter):
     logging config may turn that on: a filter on the logger itself applies whatever
     handlers and levels that config sets."""
 
+    @override
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         if SECRET_IN_QUERY.search(text):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from singer_sdk.batch import Batcher
 from singer_sdk.exceptions import AbortedSyncFailedException, AbortedSyncPausedException
+from typing_extensions import override
 
 from tap_marketo_activities.client import MarketoError
 from tap_marketo_activities.instants import isoformat
@@ -45,6 +46,7 @@ class StreamMapFailed(Exception):
         super().__init__(stream, error)
         self.stream, self.error = stream, error
 
+    @override
     def __str__(self) -> str:
         return (f"{self.stream}: the stream map failed on a record ({type(self.error).__name__}: "
                 f"{self.error}). Check stream_maps for this stream; nothing of the window was "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from typing_extensions import override
 
 from tap_marketo_activities.client import (
     FatalError,
@@ -65,6 +66,7 @@ class JobStatus(str, Enum):
     GONE = "Gone"  # its file never served: not kept in the state, the next run asks anew
     REJECTED = "Rejected"  # its file not what was asked: not kept in the state either
 
+    @override
     def __str__(self) -> str:
         return self.value
 

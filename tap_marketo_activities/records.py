@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 import msgspec
+from typing_extensions import override
 
 from tap_marketo_activities.client import excerpt
 from tap_marketo_activities.instants import utc_text
@@ -61,6 +62,7 @@ class FileRejected(ValueError):
     """The file is not what was asked for, or not whole: none of its rows may become the
     window's records, and the window's bookmark must not move."""
 
+    @override
     def __str__(self) -> str:
         return (f"{super().__str__()}. Nothing from its window was bookmarked; run again to "
                 "retry it.")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from typing_extensions import override
 
 from tap_marketo_activities.client import FileNotReady, MarketoClient
 from tap_marketo_activities.export import ExportJob, JobFailed, JobSpec, JobTimings
@@ -23,6 +24,7 @@ SPEC = JobSpec(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
 class NoWait(threading.Event):
     """A stop event that is never set and never makes anyone wait."""
 
+    @override
     def wait(self, timeout: float | None = None) -> bool:
         return False
 
