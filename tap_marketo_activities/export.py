@@ -14,7 +14,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -164,7 +164,6 @@ class CompletedExport:
     records: int | None  # Marketo's numberOfRecords; None when it did not say
     file_size: int
     checksum: str = ""
-    story: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -449,7 +448,7 @@ class ExportJob:
                 counted = "? records" if records is None else \
                     f"{records} record{'' if records == 1 else 's'}"
                 self._note(f"downloaded {got} bytes, {counted}")
-                return CompletedExport(export_id, path, records, got, digest, self.story)
+                return CompletedExport(export_id, path, records, got, digest)
             logger.warning("Export %s: %s (attempt %d of %d): downloading it again.",
                            export_id, wrong, attempt, CHECKSUM_ATTEMPTS)
         path.unlink(missing_ok=True)

@@ -154,7 +154,6 @@ class Problems:
         self.counts: Counter[str] = Counter()
         self.cast_fields: set[tuple[str, str]] = set()
         self.rows = 0  # data rows read, to hold against the job's numberOfRecords
-        self.not_needed = 0  # rows of types asked for by an earlier run: dropped, no warning
 
     def report(self, kind: str, row: int, detail: str = "",
                limit: int = REPORTED_PER_KIND) -> None:
@@ -557,9 +556,7 @@ def read_records(
         type_cell = cells[type_at]
         builder, record_of = get(type_cell, (_UNASKED, None))
         if record_of is None:
-            if builder is None:
-                problems.not_needed += 1
-            else:
+            if builder is not None:  # None: asked for by an earlier run, dropped silently
                 problems.report(UNASKED_TYPE, number, f"type {excerpt(type_cell)!r}", limit=1)
             continue
         guid = cells[guid_at]

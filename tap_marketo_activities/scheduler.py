@@ -238,7 +238,6 @@ class ExportScheduler:
         self._state_asked = 0  # versions of the exports list, to persist before enqueueing
         self._state_written = 0
         self._threads: list[threading.Thread] = []
-        self._started_at = time.monotonic()
         self._finished_seconds: list[float] = []
 
     # -- the consumer's side ----------------------------------------------------------------
