@@ -13,8 +13,8 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,8 @@ from tap_marketo_activities.instants import isoformat, parse_datetime
 from tap_marketo_activities.quota import central_midnight
 from tap_marketo_activities.records import FileRejected, check_file
 from tap_marketo_activities.schema import EXPORT_COLUMNS
-from tap_marketo_activities.settings import PrimaryFilter
+from tap_marketo_activities.settings import PrimaryFilter, parse_instant
+from tap_marketo_activities.text import plural
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,10 @@ class FileRefused(FatalError):
     dropped and created again, up to max_job_attempts."""
 
 
+# Of JobSpec.key: what an earlier run's export may differ in and still be re-used.
+VARYING_KEYS = ("startAt", "endAt", "activityTypeIds", "fields")
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """What one export job asks for."""
@@ -133,7 +138,8 @@ class JobSpec:
         return body
 
     def key(self) -> dict[str, Any]:
-        """What identifies this export for re-attaching to it in a later run."""
+        """What identifies this export for re-attaching to it in a later run (read back by
+        `spec_of_export`)."""
         key: dict[str, Any] = {"startAt": isoformat(self.start), "endAt": isoformat(self.end),
                "activityTypeIds": list(self.type_ids), "fields": list(self.fields),
                "format": self.export_format}
@@ -146,6 +152,26 @@ class JobSpec:
     def label(self) -> str:
         return (f"window {isoformat(self.start)} .. {isoformat(self.end)} "
                 f"({len(self.type_ids)} types)")
+
+
+def spec_of_export(export: Mapping[str, Any], like: JobSpec) -> JobSpec | None:
+    """The JobSpec an earlier run's export asked for, or None when it differs from `like`
+    in anything but its window, types and fields (format, filter, header names)."""
+    try:
+        spec = replace(like, start=parse_instant("exportId", export["startAt"]),
+                       end=parse_instant("exportId", export["endAt"]),
+                       type_ids=tuple(int(t) for t in export["activityTypeIds"]),
+                       fields=tuple(str(f) for f in export["fields"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    same = {k: v for k, v in spec.key().items() if k not in VARYING_KEYS}
+    asked = {k: v for k, v in export.items() if k not in ("exportId", *VARYING_KEYS)}
+    if "filter" in same:  # the filter also holds the window and the types
+        same["filter"] = {k: v for k, v in same["filter"].items()
+                          if k not in ("createdAt", "activityTypeIds")}
+        asked["filter"] = {k: v for k, v in (asked.get("filter") or {}).items()
+                           if k not in ("createdAt", "activityTypeIds")}
+    return spec if same == asked else None
 
 
 @dataclass(frozen=True)
@@ -445,8 +471,7 @@ class ExportJob:
             elif not expected and size is not None and got != size:
                 wrong = f"the file has {got} bytes where Marketo's fileSize says {size}"
             else:
-                counted = "? records" if records is None else \
-                    f"{records} record{'' if records == 1 else 's'}"
+                counted = "? records" if records is None else plural(records, "record")
                 self._note(f"downloaded {got} bytes, {counted}")
                 return CompletedExport(export_id, path, records, got, digest)
             logger.warning("Export %s: %s (attempt %d of %d): downloading it again.",

@@ -48,9 +48,11 @@ from tap_marketo_activities.export import (
     StatusBoard,
     cancel_export,
     keep_raw_file,
+    spec_of_export,
 )
 from tap_marketo_activities.quota import WORTH_A_JOB, ExportQuota, mb, size_key
-from tap_marketo_activities.settings import PrimaryFilter, parse_instant
+from tap_marketo_activities.settings import PrimaryFilter
+from tap_marketo_activities.text import plural
 
 logger = logging.getLogger(__name__)
 
@@ -177,28 +179,6 @@ def _order(direction: str) -> Callable[[tuple[tuple, list[str]]], tuple]:
         return (sign * lower.timestamp(), sign * upper.timestamp(), filtered or "")
 
     return key
-
-
-def spec_of_export(export: Mapping[str, Any], like: JobSpec) -> JobSpec | None:
-    """The JobSpec an earlier run's export asked for, or None when it differs from `like`
-    in anything but its window, types and fields (format, filter, header names)."""
-    try:
-        spec = replace(like, start=parse_instant("exportId", export["startAt"]),
-                       end=parse_instant("exportId", export["endAt"]),
-                       type_ids=tuple(int(t) for t in export["activityTypeIds"]),
-                       fields=tuple(str(f) for f in export["fields"]))
-    except (KeyError, TypeError, ValueError):
-        return None
-    same = {k: v for k, v in spec.key().items() if k not in ("startAt", "endAt",
-                                                              "activityTypeIds", "fields")}
-    asked = {k: v for k, v in export.items() if k not in ("exportId", "startAt", "endAt",
-                                                          "activityTypeIds", "fields")}
-    if "filter" in same:  # the filter also holds the window and the types
-        same["filter"] = {k: v for k, v in same["filter"].items()
-                          if k not in ("createdAt", "activityTypeIds")}
-        asked["filter"] = {k: v for k, v in (asked.get("filter") or {}).items()
-                           if k not in ("createdAt", "activityTypeIds")}
-    return spec if same == asked else None
 
 
 def covers(earlier: JobSpec, planned: PlannedJob) -> bool:
@@ -530,7 +510,7 @@ class ExportScheduler:
         if finished:
             average = sum(finished) / len(finished)
             slots = min(2, self.max_in_queue)  # Marketo processes two jobs at a time
-            line += (f" {len(finished)} job{'s' if len(finished) != 1 else ''} done in "
+            line += (f" {plural(len(finished), 'job')} done in "
                      f"{_duration(average)} on average: about "
                      f"{_duration(average * left / slots)} left.")
         return line

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tap_marketo_activities.export import JobSpec
+from tap_marketo_activities.export import JobSpec, spec_of_export
 from tap_marketo_activities.records import (
     REPORTED_PER_KIND,
     UNASKED_TYPE,
@@ -21,7 +21,7 @@ from tap_marketo_activities.records import (
     check_whole,
     read_records,
 )
-from tap_marketo_activities.scheduler import PlanRequest, grid_windows, plan_jobs, spec_of_export
+from tap_marketo_activities.scheduler import PlanRequest, grid_windows, plan_jobs
 from tap_marketo_activities.schema import activity_schema, attribute_specs, stream_names
 from tap_marketo_activities.settings import (
     CONFIG_SCHEMA,
