@@ -625,18 +625,26 @@ def main() -> None:
     parser.add_argument("--share", nargs="+", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--walked", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not helper_call(args):
+        bench(args, names)
+
+
+def helper_call(args: argparse.Namespace) -> bool:
+    """The script calls itself for a part of a row: do that part; False: a bench run."""
     if args.walked:
         print_walked(json.loads(args.walked[0]), args.walked[1], args.walked[2])
-        return
-    if args.share:
+    elif args.share:
         print_share(args.share)
-        return
-    if args.serve:
+    elif args.serve:
         serve(json.loads(args.serve), args.config_out)
-        return
-    if args.baseline:
+    elif args.baseline:
         baseline(args.baseline)
-        return
+    else:
+        return False
+    return True
+
+
+def bench(args: argparse.Namespace, names: list[str]) -> None:
     if not TAP.exists():
         raise SystemExit(f"{TAP} not found: run this with the venv's python "
                          "(.venv/bin/python benchmarks/run.py)")

@@ -20,6 +20,7 @@ from urllib.parse import quote, quote_plus, urlsplit
 
 import backoff
 import requests
+from typing_extensions import override
 from urllib3.exceptions import NewConnectionError
 
 logger = logging.getLogger(__name__)
@@ -247,6 +248,7 @@ class QuerySecretFilter(logging.Filter):
     logging config may turn that on: a filter on the logger itself applies whatever
     handlers and levels that config sets."""
 
+    @override
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         if SECRET_IN_QUERY.search(text):
@@ -264,9 +266,6 @@ def guard_urllib3_logs() -> None:
         log = logging.getLogger(name)
         if not any(isinstance(f, QuerySecretFilter) for f in log.filters):
             log.addFilter(QuerySecretFilter())
-
-
-guard_urllib3_logs()
 
 
 def _log_retry(details: Mapping[str, Any]) -> None:
@@ -289,6 +288,7 @@ class MarketoClient:
         max_retry_seconds: float,
         pacer: Pacer,
     ) -> None:
+        guard_urllib3_logs()  # here, not at import: after the user's logging config is set
         self.base_url = base_url.rstrip("/")
         self._client_id = client_id
         self._client_secret = client_secret

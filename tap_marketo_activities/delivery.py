@@ -16,10 +16,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from singer_sdk.batch import Batcher
 from singer_sdk.exceptions import AbortedSyncFailedException, AbortedSyncPausedException
+from typing_extensions import override
 
 from tap_marketo_activities.client import MarketoError
 from tap_marketo_activities.instants import isoformat
@@ -45,6 +46,7 @@ class StreamMapFailed(Exception):
         super().__init__(stream, error)
         self.stream, self.error = stream, error
 
+    @override
     def __str__(self) -> str:
         return (f"{self.stream}: the stream map failed on a record ({type(self.error).__name__}: "
                 f"{self.error}). Check stream_maps for this stream; nothing of the window was "
@@ -202,13 +204,18 @@ class RecordPath:
                 feed.open = False  # --test's one record per stream is out
                 if not any(f.open for f in feeds.values()):
                     return outside  # the rest of the source is not worth reading
-            except (OutputClosed, MarketoError, FileRejected):
-                raise
             except Exception as exc:
-                if feed is None or feed.stream.plain_output:
-                    raise
-                raise StreamMapFailed(feed.stream.name, exc) from exc
+                _raise_named(feed, exc)
 
     def finish(self) -> None:
         for feed in self.feeds.values():
             feed.finish()
+
+
+def _raise_named(feed: StreamFeed | None, exc: Exception) -> NoReturn:
+    """A failure while a stream's record was written: a stream map's or the SDK's is
+    named after its stream; our own errors and a closed output pass as they are."""
+    if isinstance(exc, OutputClosed | MarketoError | FileRejected) or feed is None or \
+            feed.stream.plain_output:
+        raise exc
+    raise StreamMapFailed(feed.stream.name, exc) from exc

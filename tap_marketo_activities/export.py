@@ -13,12 +13,14 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import requests
+from typing_extensions import override
 
 from tap_marketo_activities.client import (
     FatalError,
@@ -34,7 +36,8 @@ from tap_marketo_activities.instants import isoformat, parse_datetime
 from tap_marketo_activities.quota import central_midnight
 from tap_marketo_activities.records import FileRejected, check_file
 from tap_marketo_activities.schema import EXPORT_COLUMNS
-from tap_marketo_activities.settings import PrimaryFilter
+from tap_marketo_activities.settings import PrimaryFilter, parse_instant
+from tap_marketo_activities.text import plural
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +51,38 @@ DOWNLOAD_RESUMES = 20
 CHECKSUM_ATTEMPTS = 3
 CHUNK_BYTES = 1 << 20
 PAGE_SIZE = 300  # Marketo's most per page of a listing
-RUNNING_STATUSES = ("Created", "Queued", "Processing")  # a job in Marketo not finished yet
-FINAL_STATUSES = ("Completed", "Failed", "Cancelled")
-STATUSES = RUNNING_STATUSES + FINAL_STATUSES
+
+
+class JobStatus(str, Enum):
+    """Where a job is: Marketo's six statuses, then this tap's own words for a job."""
+
+    CREATED = "Created"
+    QUEUED = "Queued"
+    PROCESSING = "Processing"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+    NEW = "New"  # not created yet, or an earlier run's job not asked about yet
+    TIMEOUT = "Timeout"  # not Completed within job_timeout_seconds
+    GONE = "Gone"  # its file never served: not kept in the state, the next run asks anew
+    REJECTED = "Rejected"  # its file not what was asked: not kept in the state either
+
+    @override
+    def __str__(self) -> str:
+        return self.value
+
+
+RUNNING_STATUSES = (JobStatus.CREATED, JobStatus.QUEUED, JobStatus.PROCESSING)
+FINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+MARKETO_STATUSES = frozenset(s.value for s in RUNNING_STATUSES + FINAL_STATUSES)
+KEPT_STATUSES = (*RUNNING_STATUSES, JobStatus.COMPLETED, JobStatus.NEW)  # re-used after a crash
 
 
 def job_problem(job: dict[str, Any]) -> str | None:
     """What makes an answer about a job odd (see MarketoClient.result), if anything."""
     if not job.get("exportId"):
         return "a job without exportId"
-    if job.get("status") not in STATUSES:
+    if job.get("status") not in MARKETO_STATUSES:
         return "an unknown job status"
     return None
 
@@ -80,6 +105,10 @@ class FileGone(FatalError):
 class FileRefused(FatalError):
     """The job's file is whole but not what was asked (records.FileRejected): the job is
     dropped and created again, up to max_job_attempts."""
+
+
+# Of JobSpec.key: what an earlier run's export may differ in and still be re-used.
+VARYING_KEYS = ("startAt", "endAt", "activityTypeIds", "fields")
 
 
 @dataclass(frozen=True)
@@ -109,7 +138,8 @@ class JobSpec:
         return body
 
     def key(self) -> dict[str, Any]:
-        """What identifies this export for re-attaching to it in a later run."""
+        """What identifies this export for re-attaching to it in a later run (read back by
+        `spec_of_export`)."""
         key: dict[str, Any] = {"startAt": isoformat(self.start), "endAt": isoformat(self.end),
                "activityTypeIds": list(self.type_ids), "fields": list(self.fields),
                "format": self.export_format}
@@ -122,6 +152,26 @@ class JobSpec:
     def label(self) -> str:
         return (f"window {isoformat(self.start)} .. {isoformat(self.end)} "
                 f"({len(self.type_ids)} types)")
+
+
+def spec_of_export(export: Mapping[str, Any], like: JobSpec) -> JobSpec | None:
+    """The JobSpec an earlier run's export asked for, or None when it differs from `like`
+    in anything but its window, types and fields (format, filter, header names)."""
+    try:
+        spec = replace(like, start=parse_instant("exportId", export["startAt"]),
+                       end=parse_instant("exportId", export["endAt"]),
+                       type_ids=tuple(int(t) for t in export["activityTypeIds"]),
+                       fields=tuple(str(f) for f in export["fields"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    same = {k: v for k, v in spec.key().items() if k not in VARYING_KEYS}
+    asked = {k: v for k, v in export.items() if k not in ("exportId", *VARYING_KEYS)}
+    if "filter" in same:  # the filter also holds the window and the types
+        same["filter"] = {k: v for k, v in same["filter"].items()
+                          if k not in ("createdAt", "activityTypeIds")}
+        asked["filter"] = {k: v for k, v in (asked.get("filter") or {}).items()
+                           if k not in ("createdAt", "activityTypeIds")}
+    return spec if same == asked else None
 
 
 @dataclass(frozen=True)
@@ -140,7 +190,29 @@ class CompletedExport:
     records: int | None  # Marketo's numberOfRecords; None when it did not say
     file_size: int
     checksum: str = ""
-    story: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RetryPolicy:
+    """A job's one retry policy: a job that ends Failed or Cancelled, or whose file is gone
+    or refused, is created again up to max_job_attempts in all; a timeout, once."""
+
+    max_attempts: int
+    failures: int = 0
+    timeouts: int = 0
+
+    def another(self, outcome: JobStatus) -> bool:
+        """Counts this outcome; whether another job may be created."""
+        if outcome == JobStatus.TIMEOUT:
+            self.timeouts += 1
+            return self.timeouts <= 1
+        self.failures += 1
+        return self.failures < self.max_attempts
+
+    def why(self, outcome: JobStatus, timeout: float) -> str:
+        if outcome == JobStatus.TIMEOUT:
+            return f"not Completed within {timeout:.0f} s, twice"
+        return f"{outcome} {self.failures} times"
 
 
 class StatusBoard:
@@ -191,7 +263,7 @@ def used_today(client: MarketoClient, now: dt.datetime) -> int:
     Marketo counts against today's export quota."""
     since = central_midnight(now)
     used = 0
-    for job in list_exports(client, ("Completed",)):
+    for job in list_exports(client, (JobStatus.COMPLETED,)):
         try:
             finished = parse_datetime(str(job.get("finishedAt")))
         except ValueError:
@@ -204,8 +276,8 @@ def used_today(client: MarketoClient, now: dt.datetime) -> int:
 class ExportJob:
     """Runs one JobSpec to a verified file on disk, retrying what can be retried."""
 
-    def __init__(self, client: MarketoClient, spec: JobSpec, workdir: Path, timings: JobTimings,
-                 stop: threading.Event, export_id: str | None = None,
+    def __init__(self, *, client: MarketoClient, spec: JobSpec, workdir: Path,
+                 timings: JobTimings, stop: threading.Event, export_id: str | None = None,
                  board: StatusBoard | None = None,
                  on_created: Callable[[str], None] = lambda export_id: None) -> None:
         self.client = client
@@ -218,75 +290,73 @@ class ExportJob:
         self.stop = stop
         self.export_id = export_id  # set: re-attach to a job of an earlier run
         self.story: list[str] = []
-        self._status = "New"
+        self._status = JobStatus.NEW
         self.status_since = time.monotonic()
         self.completed_before = False  # re-used and already Completed: its bytes counted
         self.received = 0  # bytes of the file so far, for progress on a terminal
 
     @property
-    def status(self) -> str:
+    def status(self) -> JobStatus:
         return self._status
 
     @status.setter
-    def status(self, value: str) -> None:
+    def status(self, value: JobStatus) -> None:
         if value != self._status:
             self._status, self.status_since = value, time.monotonic()
 
     def run(self) -> CompletedExport:
-        failures = 0
-        timeouts = 0
+        policy = RetryPolicy(self.timings.max_attempts)
         if self.export_id is not None:
             self._note(f"re-attaching to {self.export_id} from the last run")
-        while True:
-            reused = self.export_id is not None and self.status == "New"
-            if self.export_id is None:
-                self.export_id = self._create()
-                self.on_created(self.export_id)
-            try:
-                outcome, status = self._follow(self.export_id)
-            except FatalError as exc:
-                if self.status != "New":
-                    raise
-                self._note(f"job of the last run is not usable ({exc}): creating a new one")
-                self.export_id = None
-                continue
-            if reused and outcome in ("Failed", "Cancelled"):
-                # Ended before this run saw it (cancelled by the last run's stop): not an
-                # attempt of this run's.
-                self._note(f"job of the last run is {outcome}: creating a new one")
-                self.export_id = None
-                continue
-            if outcome == "Completed":
-                try:
-                    done = self._download(self.export_id, status)
-                    self._check_contents(done)
-                    return done
-                except FileGone:
-                    failures += 1
-                    if failures >= self.timings.max_attempts:
-                        self.status = "Gone"  # not kept in the state: the next run asks anew
-                        raise JobFailed(self._failure("never served its file")) from None
-                    self._note("file gone (past Marketo's retention?): creating a new job")
-                    self.export_id = None
-                    continue
-                except FileRefused as refused:
-                    failures += 1
-                    if failures >= self.timings.max_attempts:
-                        raise
-                    logger.warning("%s: creating a new job.", refused)
-                    self.export_id = None
-                    continue
-            if outcome == "Timeout":
-                timeouts += 1
-                self._cancel(self.export_id)
-                if timeouts > 1:
-                    raise JobFailed(self._failure(f"not Completed within "
-                                                  f"{self.timings.job_timeout:.0f} s, twice"))
-            else:
-                failures += 1
-                if failures >= self.timings.max_attempts:
-                    raise JobFailed(self._failure(f"{outcome} {failures} times"))
+        while (done := self._attempt(policy)) is None:
             self.export_id = None
+        return done
+
+    def _attempt(self, policy: RetryPolicy) -> CompletedExport | None:
+        """One job, created here or an earlier run's, to its verified file; None: drop this
+        job and create another."""
+        reused = self.export_id is not None and self.status == JobStatus.NEW
+        if self.export_id is None:
+            self.export_id = self._create()
+            self.on_created(self.export_id)
+        try:
+            outcome, status = self._follow(self.export_id)
+        except FatalError as exc:
+            if self.status != JobStatus.NEW:
+                raise
+            self._note(f"job of the last run is not usable ({exc}): creating a new one")
+            return None
+        if reused and outcome in (JobStatus.FAILED, JobStatus.CANCELLED):
+            # Ended before this run saw it (cancelled by the last run's stop): not an
+            # attempt of this run's.
+            self._note(f"job of the last run is {outcome}: creating a new one")
+            return None
+        if outcome == JobStatus.COMPLETED:
+            return self._verified_file(self.export_id, status, policy)
+        if outcome == JobStatus.TIMEOUT:
+            self._cancel(self.export_id)
+        if not policy.another(outcome):
+            raise JobFailed(self._failure(policy.why(outcome, self.timings.job_timeout)))
+        return None
+
+    def _verified_file(self, export_id: str, status: dict[str, Any],
+                       policy: RetryPolicy) -> CompletedExport | None:
+        """The Completed job's file, whole and as asked; None: create another job."""
+        try:
+            done = self._download(export_id, status)
+            self._check_contents(done)
+        except FileGone:
+            if not policy.another(JobStatus.GONE):
+                self.status = JobStatus.GONE
+                raise JobFailed(self._failure("never served its file")) from None
+            self._note("file gone (past Marketo's retention?): creating a new job")
+            return None
+        except FileRefused as refused:
+            if not policy.another(JobStatus.REJECTED):
+                raise
+            logger.warning("%s: creating a new job.", refused)
+            return None
+        return done
 
     # -- steps --------------------------------------------------------------------------
 
@@ -295,37 +365,37 @@ class ExportJob:
         job = self.client.result("POST", f"{EXPORT_PATH}/create.json", self.spec.body(),
                                  check=job_problem)
         export_id = str(job["exportId"])
-        self.status = "Created"
+        self.status = JobStatus.CREATED
         self._status_known_at = time.monotonic()
         self._note(f"created {export_id}")
         return export_id
 
-    def _follow(self, export_id: str) -> tuple[str, dict[str, Any]]:
+    def _follow(self, export_id: str) -> tuple[JobStatus, dict[str, Any]]:
         """Enqueue if needed, then poll until a final status or the timeout."""
-        if self.status == "Created":  # just created here: nothing to ask
-            status = {"exportId": export_id, "status": "Created"}
+        if self.status == JobStatus.CREATED:  # just created here: nothing to ask
+            status: dict[str, Any] = {"exportId": export_id, "status": JobStatus.CREATED}
         else:
             status = self._poll(export_id)
-            self.completed_before = status.get("status") == "Completed"
+            self.completed_before = status.get("status") == JobStatus.COMPLETED
         deadline = time.monotonic() + self.timings.job_timeout
         wait = min(FIRST_POLL_SECONDS, self.timings.poll_interval)
         enqueued = False
         while True:
-            state = status.get("status", "")
-            if state == "Created":  # new, or an enqueue that did not take: enqueue (again)
+            state = JobStatus(status["status"])
+            if state == JobStatus.CREATED:  # new, or an enqueue that did not take: enqueue (again)
                 if enqueued:
                     self._note("still Created after its enqueue: enqueuing it again")
                 self._enqueue(export_id)
                 enqueued = True
-                status = {"exportId": export_id, "status": "Queued"}
+                status = {"exportId": export_id, "status": JobStatus.QUEUED}
                 continue
             if state in FINAL_STATUSES:
-                if state != "Completed":
+                if state != JobStatus.COMPLETED:
                     self._note(f"{state}: {status.get('errorMsg', 'no reason given')}")
                 return state, status
             if time.monotonic() >= deadline:
                 self._note(f"still {state} after {self.timings.job_timeout:.0f} s")
-                return "Timeout", status
+                return JobStatus.TIMEOUT, status
             self._sleep(wait)
             wait = min(wait * POLL_GROWTH, self.timings.poll_interval)
             status = self._poll(export_id)
@@ -348,7 +418,7 @@ class ExportJob:
                 logger.info("Export queue full (other jobs of the instance): retrying enqueue "
                             "of %s in %.0f s.", self.spec.label, wait)
                 self._sleep(wait)
-        self.status = "Queued"
+        self.status = JobStatus.QUEUED
         self._status_known_at = time.monotonic()  # a listing from before says Created
         self._note("queued")
 
@@ -359,7 +429,7 @@ class ExportJob:
         else:
             status = self.client.result("GET", f"{EXPORT_PATH}/{export_id}/status.json",
                                         check=job_problem)
-        state = status.get("status", "")
+        state = JobStatus(status["status"])  # job_problem: one of Marketo's
         if state != self.status:
             self.status = state
             self._note(state.lower())
@@ -375,7 +445,7 @@ class ExportJob:
     def cancel_if_running(self) -> None:
         if self.export_id and self.status in RUNNING_STATUSES and \
                 self._cancel(self.export_id):
-            self.status = "Cancelled"
+            self.status = JobStatus.CANCELLED
 
     # -- download -----------------------------------------------------------------------
 
@@ -401,10 +471,9 @@ class ExportJob:
             elif not expected and size is not None and got != size:
                 wrong = f"the file has {got} bytes where Marketo's fileSize says {size}"
             else:
-                counted = "? records" if records is None else \
-                    f"{records} record{'' if records == 1 else 's'}"
+                counted = "? records" if records is None else plural(records, "record")
                 self._note(f"downloaded {got} bytes, {counted}")
-                return CompletedExport(export_id, path, records, got, digest, self.story)
+                return CompletedExport(export_id, path, records, got, digest)
             logger.warning("Export %s: %s (attempt %d of %d): downloading it again.",
                            export_id, wrong, attempt, CHECKSUM_ATTEMPTS)
         path.unlink(missing_ok=True)
@@ -419,7 +488,7 @@ class ExportJob:
                        f"export {done.export_id}")
         except FileRejected as exc:
             done.path.unlink(missing_ok=True)
-            self.status = "Rejected"  # not kept in the state: the next run asks anew
+            self.status = JobStatus.REJECTED
             self._note("file refused")
             raise FileRefused(f"Export for {spec.label}: {exc}") from None
 

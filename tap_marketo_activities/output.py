@@ -13,6 +13,7 @@ from typing import Any
 from singer_sdk.contrib.msgspec import MsgSpecWriter
 from singer_sdk.contrib.msgspec import encoder as sdk_encoder
 from singer_sdk.singerlib import Message, RecordMessage
+from typing_extensions import override
 
 FLUSH_BYTES = 1 << 16
 
@@ -20,6 +21,7 @@ FLUSH_BYTES = 1 << 16
 class OutputClosed(Exception):
     """stdout took no more (the target exited: broken pipe): nothing more can be delivered."""
 
+    @override
     def __str__(self) -> str:
         return (f"Writing to stdout failed ({super().__str__()}): the target stopped reading. "
                 "The last state it received covers everything it got; fix the target and "
@@ -47,6 +49,7 @@ class RecordBufferingWriter(MsgSpecWriter):
         super().__init__(*args, **kwargs)
         self._pending = bytearray()  # the serialiser reuses its own buffer: copy out of it
 
+    @override
     def write_message(self, message: Message) -> None:
         self.writing = True
         try:

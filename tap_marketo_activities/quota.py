@@ -16,6 +16,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tap_marketo_activities.text import plural
+
 try:
     from zoneinfo import ZoneInfo
 
@@ -147,8 +149,8 @@ class ExportQuota:
     def plan_line(self, left_bytes: float, streams: int, now: dt.datetime) -> str:
         """`Backfill plan: …`: what is left, and how many daily runs it takes at the cap."""
         if left_bytes <= 0:
-            return (f"Backfill plan: nothing left to export for {streams} "
-                    f"stream{'s' if streams != 1 else ''}: the backfill is done.")
+            return (f"Backfill plan: nothing left to export for {plural(streams, 'stream')}: "
+                    "the backfill is done.")
         today = max(0.0, self.cap_bytes - self.used_bytes)
         if today < WORTH_A_JOB * self.cap_bytes:
             today = 0.0  # today is over
@@ -156,11 +158,11 @@ class ExportQuota:
         finish = central_midnight(now) + dt.timedelta(days=more)
         if today:
             runs = more + 1
-            when = f"{runs} daily run{'s' if runs != 1 else ''} (today's included)"
+            when = f"{plural(runs, 'daily run')} (today's included)"
         else:
-            when = f"{more} more daily run{'s' if more != 1 else ''}, from tomorrow"
-        return (f"Backfill plan: about {mb(left_bytes)} left to export for {streams} "
-                f"stream{'s' if streams != 1 else ''}; at max_export_mb_per_day="
+            when = f"{plural(more, 'more daily run')}, from tomorrow"
+        return (f"Backfill plan: about {mb(left_bytes)} left to export for "
+                f"{plural(streams, 'stream')}; at max_export_mb_per_day="
                 f"{self.cap_bytes / MB:g} that is {when}, finishing around "
                 f"{finish:%Y-%m-%d} (US Central), if other tools leave the quota alone.")
 

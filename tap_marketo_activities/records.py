@@ -20,10 +20,12 @@ import math
 import sys
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 import msgspec
+from typing_extensions import override
 
 from tap_marketo_activities.client import excerpt
 from tap_marketo_activities.instants import utc_text
@@ -60,6 +62,7 @@ class FileRejected(ValueError):
     """The file is not what was asked for, or not whole: none of its rows may become the
     window's records, and the window's bookmark must not move."""
 
+    @override
     def __str__(self) -> str:
         return (f"{super().__str__()}. Nothing from its window was bookmarked; run again to "
                 "retry it.")
@@ -151,7 +154,6 @@ class Problems:
         self.counts: Counter[str] = Counter()
         self.cast_fields: set[tuple[str, str]] = set()
         self.rows = 0  # data rows read, to hold against the job's numberOfRecords
-        self.not_needed = 0  # rows of types asked for by an earlier run: dropped, no warning
 
     def report(self, kind: str, row: int, detail: str = "",
                limit: int = REPORTED_PER_KIND) -> None:
@@ -260,28 +262,9 @@ class RecordBuilder:
         primary_id, primary_value, action, attributes_at = (
             at.primary_id, at.primary_value, at.action, at.attributes)
         type_id, primary_cast, cast = self.type_id, self.primary_cast, self._cast
-        typed = [(column, source, PASSES_AS_IS.get(attribute_cast), attribute_cast)
-                 for column, source, attribute_cast in self.attributes]
+        integer, utc_date = partial(self._integer, problems), partial(_utc_date, problems)
+        add_attributes = self._attribute_adder(problems)
         dropped = self.dropped
-
-        def integer(cells: list[str], position: int, column: str, number: int) -> int | None:
-            if position < 0:
-                return None
-            value = cells[position]
-            if value == NULL:
-                return None
-            try:
-                return int(value)
-            except ValueError:
-                problems.cast_failed(self.stream, column, value, number)
-                return None
-
-        def utc_date(text: str, number: int) -> str:
-            try:
-                return utc_text(text)
-            except ValueError:
-                problems.report(BAD_DATE, number, excerpt(text))
-                return text
 
         def record_of(cells: list[str], number: int) -> dict[str, Any]:
             when = cells[date] if date >= 0 else None
@@ -302,19 +285,45 @@ class RecordBuilder:
             if action >= 0:
                 record["actionResult"] = _none_if_null(cells[action])
             if attributes_at >= 0:
-                attributes = _parse_attributes(cells[attributes_at], number, problems)
-                record["attributes"] = attributes
-                for column, source, kinds, attribute_cast in typed:
-                    value = attributes.get(source) if attributes else None
-                    if value is None or (kinds and type(value) in kinds):
-                        record[column] = value  # JSON already typed it
-                    else:
-                        record[column] = cast(value, attribute_cast, column, number, problems)
+                add_attributes(record, cells[attributes_at], number)
             for column in dropped:
                 record.pop(column, None)
             return record
 
         return record_of
+
+    def _attribute_adder(self, problems: Problems
+                         ) -> Callable[[dict[str, Any], str, int], None]:
+        """What puts a row's attributes cell into its record: the cell parsed, and each
+        selected attribute cast into its typed column."""
+        cast = self._cast
+        typed = [(column, source, PASSES_AS_IS.get(attribute_cast), attribute_cast)
+                 for column, source, attribute_cast in self.attributes]
+
+        def add(record: dict[str, Any], cell: str, number: int) -> None:
+            attributes = _parse_attributes(cell, number, problems)
+            record["attributes"] = attributes
+            for column, source, kinds, attribute_cast in typed:
+                value = attributes.get(source) if attributes else None
+                if value is None or (kinds and type(value) in kinds):
+                    record[column] = value  # JSON already typed it
+                else:
+                    record[column] = cast(value, attribute_cast, column, number, problems)
+
+        return add
+
+    def _integer(self, problems: Problems, cells: list[str], position: int, column: str,
+                 number: int) -> int | None:
+        if position < 0:
+            return None
+        value = cells[position]
+        if value == NULL:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            problems.cast_failed(self.stream, column, value, number)
+            return None
 
     def _cast(self, value: Any, cast: Callable[[Any], Any], column: str, number: int,
               problems: Problems) -> Any:
@@ -325,6 +334,14 @@ class RecordBuilder:
         except (ValueError, TypeError, AttributeError):
             problems.cast_failed(self.stream, column, value, number)
             return None
+
+
+def _utc_date(problems: Problems, text: str, number: int) -> str:
+    try:
+        return utc_text(text)
+    except ValueError:
+        problems.report(BAD_DATE, number, excerpt(text))
+        return text
 
 
 REST_COLUMNS = Columns(*range(9))
@@ -539,9 +556,7 @@ def read_records(
         type_cell = cells[type_at]
         builder, record_of = get(type_cell, (_UNASKED, None))
         if record_of is None:
-            if builder is None:
-                problems.not_needed += 1
-            else:
+            if builder is not None:  # None: asked for by an earlier run, dropped silently
                 problems.report(UNASKED_TYPE, number, f"type {excerpt(type_cell)!r}", limit=1)
             continue
         guid = cells[guid_at]

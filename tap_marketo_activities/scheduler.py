@@ -27,7 +27,7 @@ from concurrent.futures import Future, TimeoutError, wait
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tap_marketo_activities.client import (
     ExportQuotaExhausted,
@@ -38,17 +38,21 @@ from tap_marketo_activities.client import (
 from tap_marketo_activities.export import (
     EXPORT_FIELDS,
     FIRST_POLL_SECONDS,
+    KEPT_STATUSES,
     RUNNING_STATUSES,
     CompletedExport,
     ExportJob,
     JobSpec,
+    JobStatus,
     JobTimings,
     StatusBoard,
     cancel_export,
     keep_raw_file,
+    spec_of_export,
 )
 from tap_marketo_activities.quota import WORTH_A_JOB, ExportQuota, mb, size_key
-from tap_marketo_activities.settings import PrimaryFilter, parse_instant
+from tap_marketo_activities.settings import PrimaryFilter
+from tap_marketo_activities.text import plural
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ PROBE = dt.timedelta(days=1)  # the first window when no export size is known ye
 SMALLEST_CUT = dt.timedelta(hours=1)  # a window cut to fit the quota is whole hours
 
 Window = tuple[dt.datetime, dt.datetime]
+Verdict = Literal["go", "wait", "refuse"]  # the quota's word on the next job (`_admit`)
 
 
 @dataclass
@@ -122,38 +127,46 @@ def backward_windows(
     return {s: [(mirror(b), mirror(a)) for a, b in windows] for s, windows in mirrored.items()}
 
 
-def plan_jobs(
-    starts: Mapping[str, dt.datetime],
-    type_ids: Mapping[str, int],
-    end: dt.datetime,
-    width: dt.timedelta,
-    fields: Mapping[str, set[str]] | None = None,
-    filters: Mapping[str, PrimaryFilter | None] | None = None,
-    direction: str = FORWARD,
-    anchor: dt.datetime | None = None,
-    **spec_options: Any,
-) -> list[PlannedJob]:
+@dataclass(frozen=True)
+class PlanRequest:
+    """What every job of a plan is asked with: each stream's type, the columns it needs
+    (all when `fields` is None) and its primary attribute filter; the window grid; and the
+    file's format and header names (JobSpec's defaults when not given)."""
+
+    type_ids: Mapping[str, int]
+    width: dt.timedelta
+    anchor: dt.datetime | None = None  # the grid's origin; default the earliest start
+    fields: Mapping[str, set[str]] | None = None
+    filters: Mapping[str, PrimaryFilter | None] = field(default_factory=dict)
+    export_format: str = JobSpec.export_format
+    header_names: tuple[tuple[str, str], ...] = JobSpec.header_names
+
+
+def plan_jobs(starts: Mapping[str, dt.datetime], *, end: dt.datetime, request: PlanRequest,
+              direction: str = FORWARD) -> list[PlannedJob]:
     """One job per distinct window, serving every stream that needs that window, asking
-    for the columns those streams need (all of them when `fields` is not given). A stream
-    with a primary attribute filter gets jobs of its own (Marketo applies a filter to every
-    type of a job). Going BACKWARD, `starts` are each stream's upper edge and `end` the
-    lower bound. `spec_options` go to every JobSpec (format, header names)."""
+    for the columns those streams need. A stream with a primary attribute filter gets jobs
+    of its own (Marketo applies a filter to every type of a job). Going BACKWARD, `starts`
+    are each stream's upper edge and `end` the lower bound."""
+    width, anchor, fields, filters = request.width, request.anchor, request.fields, \
+        request.filters
     if direction == FORWARD:
         windows = grid_windows(starts, end, width, anchor)
     else:
         windows = backward_windows(starts, end, width, anchor)
     by_window: dict[tuple, list[str]] = {}
     for stream, stream_windows in windows.items():
-        primary = (filters or {}).get(stream)
+        primary = filters.get(stream)
         for window in stream_windows:
             by_window.setdefault((*window, primary and stream), []).append(stream)
     jobs = []
     for (lower, upper, filtered), streams in sorted(by_window.items(), key=_order(direction)):
-        ids = tuple(sorted({type_ids[s] for s in streams}))
+        ids = tuple(sorted({request.type_ids[s] for s in streams}))
         needed = set().union(*(fields[s] for s in streams)) if fields else set(EXPORT_FIELDS)
         columns = tuple(f for f in EXPORT_FIELDS if f in needed)
-        primary = (filters or {}).get(filtered) if filtered else None
-        spec = JobSpec(lower, upper, ids, columns, primary_filter=primary, **spec_options)
+        primary = filters.get(filtered) if filtered else None
+        spec = JobSpec(lower, upper, ids, columns, export_format=request.export_format,
+                       primary_filter=primary, header_names=request.header_names)
         jobs.append(PlannedJob(spec, sorted(streams), direction))
     return jobs
 
@@ -166,28 +179,6 @@ def _order(direction: str) -> Callable[[tuple[tuple, list[str]]], tuple]:
         return (sign * lower.timestamp(), sign * upper.timestamp(), filtered or "")
 
     return key
-
-
-def spec_of_export(export: Mapping[str, Any], like: JobSpec) -> JobSpec | None:
-    """The JobSpec an earlier run's export asked for, or None when it differs from `like`
-    in anything but its window, types and fields (format, filter, header names)."""
-    try:
-        spec = replace(like, start=parse_instant("exportId", export["startAt"]),
-                       end=parse_instant("exportId", export["endAt"]),
-                       type_ids=tuple(int(t) for t in export["activityTypeIds"]),
-                       fields=tuple(str(f) for f in export["fields"]))
-    except (KeyError, TypeError, ValueError):
-        return None
-    same = {k: v for k, v in spec.key().items() if k not in ("startAt", "endAt",
-                                                              "activityTypeIds", "fields")}
-    asked = {k: v for k, v in export.items() if k not in ("exportId", "startAt", "endAt",
-                                                          "activityTypeIds", "fields")}
-    if "filter" in same:  # the filter also holds the window and the types
-        same["filter"] = {k: v for k, v in same["filter"].items()
-                          if k not in ("createdAt", "activityTypeIds")}
-        asked["filter"] = {k: v for k, v in (asked.get("filter") or {}).items()
-                           if k not in ("createdAt", "activityTypeIds")}
-    return spec if same == asked else None
 
 
 def covers(earlier: JobSpec, planned: PlannedJob) -> bool:
@@ -204,7 +195,7 @@ def covers(earlier: JobSpec, planned: PlannedJob) -> bool:
 class ExportScheduler:
     """Runs planned jobs ahead of the window being written, in window order."""
 
-    def __init__(self, client: MarketoClient, jobs: list[PlannedJob], workdir: Path,
+    def __init__(self, *, client: MarketoClient, jobs: list[PlannedJob], workdir: Path,
                  timings: JobTimings, max_in_queue: int, quota: ExportQuota,
                  earlier_exports: Iterable[Mapping], raw_files_dir: Path | None,
                  heartbeat_seconds: float) -> None:
@@ -227,7 +218,6 @@ class ExportScheduler:
         self._state_asked = 0  # versions of the exports list, to persist before enqueueing
         self._state_written = 0
         self._threads: list[threading.Thread] = []
-        self._started_at = time.monotonic()
         self._finished_seconds: list[float] = []
 
     # -- the consumer's side ----------------------------------------------------------------
@@ -279,6 +269,13 @@ class ExportScheduler:
             self.quota.learn(learnt, planned.seconds)
             self._cond.notify_all()
         done.path.unlink(missing_ok=True)
+
+    def rejected(self, planned: PlannedJob) -> None:
+        """The window's file was refused while read: its job is not kept in the state, so
+        the next run asks for the window anew."""
+        with self._cond:
+            if planned.job is not None:
+                planned.job.status = JobStatus.REJECTED
 
     def state_wanted(self) -> bool:
         """A job was created and waits for the state to name it before it is enqueued."""
@@ -346,7 +343,7 @@ class ExportScheduler:
                 self._next += 1
                 return planned
 
-    def _admit(self, planned: PlannedJob) -> str:
+    def _admit(self, planned: PlannedJob) -> Verdict:
         """go, wait or refuse: the quota's word on the next job (cutting it to fit)."""
         earlier = self._earlier_for(planned)
         if earlier is not None:
@@ -380,7 +377,7 @@ class ExportScheduler:
         planned.reserved = self.quota.reserve(estimate)
         return "go"
 
-    def _probe(self, planned: PlannedJob) -> str:
+    def _probe(self, planned: PlannedJob) -> Verdict:
         """Nothing tells what a window costs: one short window, alone, to learn it. With
         less than half the cap left today, an hour's export instead of a day's."""
         room = self.quota.room()
@@ -434,8 +431,9 @@ class ExportScheduler:
         self._next = len(self.jobs)
 
     def _new_job(self, spec: JobSpec, export_id: str | None = None) -> ExportJob:
-        return ExportJob(self.client, spec, self.workdir, self.timings, self.stop,
-                         export_id, self.board, on_created=self._persist)
+        return ExportJob(client=self.client, spec=spec, workdir=self.workdir,
+                         timings=self.timings, stop=self.stop, export_id=export_id,
+                         board=self.board, on_created=self._persist)
 
     def _persist(self, export_id: str) -> None:
         """Before a new job is enqueued (and can spend quota), the state must name it: a
@@ -512,7 +510,7 @@ class ExportScheduler:
         if finished:
             average = sum(finished) / len(finished)
             slots = min(2, self.max_in_queue)  # Marketo processes two jobs at a time
-            line += (f" {len(finished)} job{'s' if len(finished) != 1 else ''} done in "
+            line += (f" {plural(len(finished), 'job')} done in "
                      f"{_duration(average)} on average: about "
                      f"{_duration(average * left / slots)} left.")
         return line
@@ -555,7 +553,7 @@ class ExportScheduler:
             for planned in self.jobs:
                 job = planned.job
                 if job and job.export_id and not planned.emitted and \
-                        job.status in (*RUNNING_STATUSES, "Completed", "New"):
+                        job.status in KEPT_STATUSES:
                     keep.append({"exportId": job.export_id, **job.spec.key()})
             return keep
 

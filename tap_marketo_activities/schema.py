@@ -81,18 +81,18 @@ def snake_case(name: str) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "_", spaced).strip("_").lower() or "unnamed"
 
 
-def json_type_of(data_type: str | None, where: str) -> tuple[str, str | None]:
+def json_type_of(data_type: str | None, where: str,
+                 said: set[str | None]) -> tuple[str, str | None]:
+    """The JSON type and format of a Marketo dataType; an unknown one is said once per
+    `said` (the discovery's), not once per attribute."""
     known = DATA_TYPES.get((data_type or "").lower())
     if known is None:
-        if data_type not in _UNKNOWN_SEEN:  # once per run, not once per attribute
-            _UNKNOWN_SEEN.add(data_type)
+        if data_type not in said:
+            said.add(data_type)
             logger.info("Marketo dataType %r (first seen for %s) is not one the tap types: "
                         "its values are read as strings.", data_type, where)
         return ("string", None)
     return known
-
-
-_UNKNOWN_SEEN: set[str | None] = set()
 
 
 def stream_names(activity_types: Iterable[Mapping[str, Any]]) -> dict[int, str]:
@@ -132,21 +132,26 @@ def attribute_columns(attributes: Iterable[Mapping[str, Any]]) -> dict[str, str]
     return columns
 
 
-def activity_schema(activity_type: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON schema of one activity type's stream."""
+def activity_schema(activity_type: Mapping[str, Any],
+                    said: set[str | None] | None = None) -> dict[str, Any]:
+    """The JSON schema of one activity type's stream; `said`: the unknown dataTypes
+    already logged by this discovery."""
+    said = set() if said is None else said
     type_id = int(activity_type["id"])
     label = f"activity type {type_id} ({activity_type.get('name')})"
     properties = base_properties(type_id)
     primary = activity_type.get("primaryAttribute") or {}
     if primary:
-        json_type, fmt = json_type_of(primary.get("dataType"), f"primary attribute of {label}")
+        json_type, fmt = json_type_of(primary.get("dataType"), f"primary attribute of {label}",
+                                     said)
         properties["primaryAttributeValueId"] = _nullable(
             json_type, fmt, description=f"Marketo primary attribute: {primary.get('name')}"
         )
     attributes = activity_type.get("attributes") or []
     data_types = {str(a.get("name", "")): a.get("dataType") for a in attributes}
     for display, column in attribute_columns(attributes).items():
-        json_type, fmt = json_type_of(data_types[display], f"attribute {display!r} of {label}")
+        json_type, fmt = json_type_of(data_types[display], f"attribute {display!r} of {label}",
+                                     said)
         properties[column] = _nullable(json_type, fmt, title=display)
     return {"type": "object", "properties": properties, "additionalProperties": False}
 

@@ -22,6 +22,7 @@ from singer_sdk import Stream, Tap
 from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.mapper import RemoveRecordTransform, SameRecordTransform
 from singer_sdk.singerlib import MetadataMapping
+from typing_extensions import override
 
 from tap_marketo_activities.instants import isoformat
 from tap_marketo_activities.output import RecordBufferingWriter, RecordFraming
@@ -61,6 +62,7 @@ class ActivityStream(Stream):
         self.fed: dict[str, Any] | None = None  # the record the one pass hands over next
         self.extracted_at = dt.datetime.now(dt.timezone.utc)
 
+    @override
     def generate_child_contexts(self, record: dict, context: Any) -> Iterable[Any]:
         return ()  # no child streams: spare the SDK a copy of every record
 
@@ -71,6 +73,7 @@ class ActivityStream(Stream):
         return len(maps) == 1 and type(maps[0]) is SameRecordTransform and \
             not maps[0].flattening_enabled
 
+    @override
     def _write_record_message(self, record: dict) -> None:
         # The SDK's path copies each record to drop deselected fields, builds a message
         # object and stamps it with the clock; RecordBuilder already built only the
@@ -91,6 +94,7 @@ class ActivityStream(Stream):
         self._extracted_at = moment
         self.framing = RecordFraming(self.name, moment)
 
+    @override
     @property
     def metadata(self) -> MetadataMapping:
         """The SDK's, with the bulk-only columns not selected by default (schema.py)."""
@@ -163,22 +167,26 @@ class ActivityStream(Stream):
         high = state.get("replication_key_value")
         state["replication_key_value"] = max(high, upper) if high else upper
 
+    @override
     def get_records(self, context: Mapping[str, Any] | None) -> Iterable[dict[str, Any]]:
         """The records the one pass feeds, one per resumption (sync.StreamFeed)."""
         while (record := self.fed) is not None:
             yield record
 
+    @override
     def _write_state_message(self) -> None:
         """The one pass writes every STATE, one per window for all the streams it served;
         the SDK's own (every 10,000 records, at a stream's end, when --test's record limit
         aborts it) would only repeat it, or speak for --test."""
 
+    @override
     def _write_starting_replication_value(self, context: Any) -> None:
         """The SDK logs 'Starting incremental sync ... with bookmark value' when the record
         loop starts, which in the one pass is after earlier windows moved the bookmark: the
         one pass logs where each stream resumes instead (sync.OnePass._log_resume), and
         nothing reads the SDK's `starting_replication_value`."""
 
+    @override
     def _increment_stream_state(self, latest_record: dict, *, context: Any = None) -> None:
         """Bookmarks move per finished window (`covered`), never per record: rows of one
         file are unsorted, so a record's date says nothing of what is complete."""

@@ -57,6 +57,7 @@ from tap_marketo_activities.scheduler import (
     FORWARD,
     ExportScheduler,
     PlannedJob,
+    PlanRequest,
     plan_jobs,
 )
 from tap_marketo_activities.schema import BULK_ONLY_COLUMNS, REPLICATION_KEY
@@ -99,17 +100,17 @@ def plan(streams: list[ActivityStream], settings: Settings) -> list[PlannedJob]:
             forward[stream.name] = max(high, settings.start)
         if low is not None and low > settings.start:
             backward[stream.name] = min(low, settings.end)
-    common: dict[str, Any] = {
-        "type_ids": {s.name: s.type_id for s in streams},
-        "width": dt.timedelta(days=settings.window_days),
-        "anchor": settings.start,  # the same grid in every run: a crashed run's jobs fit
-        "fields": {s.name: s.export_fields() for s in streams},
-        "filters": {s.name: settings.primary_filters.get(s.type_id) for s in streams},
-        "export_format": settings.export_format,
-        "header_names": tuple(settings.column_header_names.items()),
-    }
-    ahead = plan_jobs(forward, end=settings.end, direction=FORWARD, **common)
-    behind = plan_jobs(backward, end=settings.start, direction=BACKWARD, **common)
+    request = PlanRequest(
+        type_ids={s.name: s.type_id for s in streams},
+        width=dt.timedelta(days=settings.window_days),
+        anchor=settings.start,  # the same grid in every run: a crashed run's jobs fit
+        fields={s.name: s.export_fields() for s in streams},
+        filters={s.name: settings.primary_filters.get(s.type_id) for s in streams},
+        export_format=settings.export_format,
+        header_names=tuple(settings.column_header_names.items()),
+    )
+    ahead = plan_jobs(forward, end=settings.end, request=request, direction=FORWARD)
+    behind = plan_jobs(backward, end=settings.start, request=request, direction=BACKWARD)
     return ahead + behind if newest_first else behind + ahead
 
 
@@ -295,12 +296,7 @@ class OnePass:
         last_checkpoint = [time.monotonic()]
 
         def checkpoint() -> None:
-            for group, group_streams in zip(read.groups, members, strict=True):
-                for stream in group_streams:
-                    self.path.feed(stream).end_window()  # BATCH files before the state
-                    if group.edge and not self.dry_run:
-                        stream.reached(group.edge)
-            self.write_state()
+            self._rest_checkpoint(read, members)
             last_checkpoint[0] = time.monotonic()
 
         def rows() -> Iterator[tuple[RecordBuilder, dict[str, Any]]]:
@@ -329,6 +325,14 @@ class OnePass:
         self._end_rest_window(read, members, window, delivered, calls_before)
         if problems.counts:
             logger.warning("%s had problems: %s", problems.label, problems.summary())
+
+    def _rest_checkpoint(self, read: RestRead, members: list[list[ActivityStream]]) -> None:
+        for group, group_streams in zip(read.groups, members, strict=True):
+            for stream in group_streams:
+                self.path.feed(stream).end_window()  # BATCH files before the state
+                if group.edge and not self.dry_run:
+                    stream.reached(group.edge)
+        self.write_state()
 
     def _end_rest_window(self, read: RestRead, members: list[list[ActivityStream]],
                          window: Window, delivered: Delivered | None,
@@ -417,10 +421,12 @@ class OnePass:
         self.folder = RunFolder()
         timings = JobTimings(settings.poll_interval, settings.job_timeout,
                              settings.max_job_attempts)
-        return ExportScheduler(client, jobs, self.folder.path, timings,
-                               settings.max_jobs_in_queue, quota,
-                               self.state.get(EXPORTS_STATE_KEY) or [],
-                               settings.raw_files_dir, settings.heartbeat_seconds)
+        return ExportScheduler(client=client, jobs=jobs, workdir=self.folder.path,
+                               timings=timings, max_in_queue=settings.max_jobs_in_queue,
+                               quota=quota,
+                               earlier_exports=self.state.get(EXPORTS_STATE_KEY) or [],
+                               raw_files_dir=settings.raw_files_dir,
+                               heartbeat_seconds=settings.heartbeat_seconds)
 
     def _window(self, planned: PlannedJob) -> bool:
         """Deliver one window to every stream it serves; False: stop here."""
@@ -431,8 +437,8 @@ class OnePass:
         except (MarketoError, FileRejected) as exc:
             # Windows already delivered keep their state; the sync ends with this error
             # as one line (tap.sync_all), or a warning for a day's quota.
-            if isinstance(exc, FileRejected) and planned.job is not None:
-                planned.job.status = "Rejected"  # not kept in the state: the next run asks anew
+            if isinstance(exc, FileRejected):
+                self.scheduler.rejected(planned)
             self.stop_reason = exc
             logger.debug("Stopping before %s", planned.spec.label, exc_info=True)
             return False

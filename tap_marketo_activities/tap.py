@@ -24,6 +24,7 @@ from singer_sdk.helpers.capabilities import (
     TapCapabilities,
 )
 from singer_sdk.helpers.types import TapState
+from typing_extensions import override
 
 from tap_marketo_activities.client import (
     FatalError,
@@ -87,6 +88,7 @@ class TapMarketoActivities(Tap):
 
     # -- settings -----------------------------------------------------------------------
 
+    @override
     def _validate_config(self, *, raise_errors: bool = True) -> list[str]:
         # SettingsError, not the SDK's ConfigValidationError: the SDK logs that one as two
         # ERROR lines; main() logs ours as one.
@@ -134,6 +136,7 @@ class TapMarketoActivities(Tap):
 
     # -- discovery ----------------------------------------------------------------------
 
+    @override
     def discover_streams(self) -> list[ActivityStream]:
         if self.input_catalog is not None:
             streams = [
@@ -147,8 +150,9 @@ class TapMarketoActivities(Tap):
         types = self._activity_types()
         names = stream_names(types)  # over all types, so a filter never renames a stream
         wanted = self.settings.activity_type_ids
+        said: set[str | None] = set()  # unknown dataTypes: one line each per discovery
         streams = [
-            _stream_class(int(t["id"]))(self, names[int(t["id"])], activity_schema(t))
+            _stream_class(int(t["id"]))(self, names[int(t["id"])], activity_schema(t, said))
             for t in types
             if wanted is None or int(t["id"]) in wanted
         ]
@@ -170,6 +174,7 @@ class TapMarketoActivities(Tap):
 
     # -- sync ---------------------------------------------------------------------------
 
+    @override
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         # The SDK keeps only `bookmarks`.
@@ -193,7 +198,8 @@ class TapMarketoActivities(Tap):
             settings = replace(settings, start=max(settings.start, last_day))
         return settings
 
-    def sync_all(self) -> None:  # type: ignore[misc]  # @final in the SDK: tests/test_sdk_contract.py
+    @override  # type: ignore[misc]  # @final in the SDK: tests/test_sdk_contract.py
+    def sync_all(self) -> None:
         """One pass over every source of rows (sync.OnePass); one line if it failed."""
         started = time.monotonic()
         if self.state:
@@ -219,12 +225,14 @@ class TapMarketoActivities(Tap):
     def _write_state(self, state: dict[str, Any]) -> None:
         self.state_writer.write_state(cast("TapState", state))
 
-    def run_connection_test(self) -> bool:  # type: ignore[misc]  # @final, as sync_all
+    @override  # type: ignore[misc]  # @final, as sync_all
+    def run_connection_test(self) -> bool:
         """`--test`: one record of every stream, from the last day's export only."""
         self.last_day_only = True
         return self.run_sync_dry_run(dry_run_record_limit=1)
 
-    def run_sync_dry_run(  # type: ignore[misc]  # @final, as sync_all
+    @override  # type: ignore[misc]  # @final, as sync_all
+    def run_sync_dry_run(
             self, dry_run_record_limit: int | None = 1,
             streams: Iterable[Stream] | None = None) -> bool:
         """The SDK syncs a dry run stream after stream; here it is one pass like any sync,
@@ -244,6 +252,7 @@ class TapMarketoActivities(Tap):
             with contextlib.suppress(OutputClosed):
                 writer.flush()
 
+    @override
     def _handle_termination(self, signum: int, frame: FrameType | None) -> None:
         """Unwind at once; the sync's `finally` emits the state and cancels our jobs. Only
         flags are set here: the interrupted code may hold any lock."""

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
+from tap_marketo_activities.text import plural
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "tap-marketo-activities-run-"
@@ -28,8 +30,8 @@ class RunFolder:
     def __init__(self) -> None:
         removed = sweep_stale(Path(tempfile.gettempdir()))
         if removed:
-            logger.info("Removed %d temp folder%s left by earlier killed runs.", removed,
-                        "s" if removed != 1 else "")
+            logger.info("Removed %s left by earlier killed runs.",
+                        plural(removed, "temp folder"))
         self.path = Path(tempfile.mkdtemp(prefix=PREFIX))
         # Locked before it takes its name: a sweep never sees our lock file unlocked.
         locking = self.path / f"{LOCK_NAME}.new"

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import requests
+from typing_extensions import override
 
 from tap_marketo_activities.client import (
     ERROR_CODES,
@@ -176,6 +177,7 @@ class Listing(MarketoClient):
         self.script = iter(pages)
         self.asked: list[dict[str, Any]] = []
 
+    @override
     def get(self, path: str, params: Mapping[str, Any] | None = None, check: Any = None,
             before_each: Any = None) -> dict[str, Any]:
         self.asked.append(dict(params or {}))

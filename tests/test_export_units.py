@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from typing_extensions import override
 
 from tap_marketo_activities.client import FileNotReady, MarketoClient
 from tap_marketo_activities.export import ExportJob, JobFailed, JobSpec, JobTimings
@@ -23,6 +24,7 @@ SPEC = JobSpec(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
 class NoWait(threading.Event):
     """A stop event that is never set and never makes anyone wait."""
 
+    @override
     def wait(self, timeout: float | None = None) -> bool:
         return False
 
@@ -86,7 +88,8 @@ class FakeMarketo:
 
 def job(fake: FakeMarketo, tmp_path: Path, attempts: int = 3) -> ExportJob:
     timings = JobTimings(poll_interval=1.0, job_timeout=3600.0, max_attempts=attempts)
-    return ExportJob(cast(MarketoClient, fake), SPEC, tmp_path, timings, NoWait())
+    return ExportJob(client=cast(MarketoClient, fake), spec=SPEC, workdir=tmp_path,
+                     timings=timings, stop=NoWait())
 
 
 def test_a_completed_job_is_downloaded_and_checked(tmp_path: Path) -> None:

@@ -12,9 +12,11 @@ import inspect
 import json
 import signal
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from singer_sdk import Stream, Tap
 from singer_sdk.exceptions import AbortedSyncFailedException, AbortedSyncPausedException
 from singer_sdk.mapper import SameRecordTransform
@@ -88,6 +90,36 @@ def parameters(function: Any) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(function).parameters)
 
 
+def spy(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> list[Any]:
+    """Wraps `cls.name` so that each call is listed (its instance), still doing its work."""
+    calls: list[Any] = []
+    original = getattr(cls, name)
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, wrapper)
+    return calls
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str,
+            *options: str) -> list[Any]:
+    """Runs the SDK's command line with CONFIG and the catalog, `TapMarketoActivities.name`
+    replaced by a recorder: the taps it was called on (no call to Marketo). Callers ask
+    for `make_tap`, whose teardown undoes the signal handlers the CLI's tap installs."""
+    calls: list[Any] = []
+    monkeypatch.setattr(TapMarketoActivities, name, lambda self, *args: calls.append(self))
+    config, catalog_file = tmp_path / "config.json", tmp_path / "catalog.json"
+    config.write_text(json.dumps(CONFIG))
+    catalog_file.write_text(json.dumps(catalog()))
+    result = CliRunner().invoke(TapMarketoActivities.cli,
+                                ["--config", str(config), "--catalog", str(catalog_file),
+                                 *options])
+    assert result.exit_code == 0, result.output
+    return calls
+
+
 # -- Stream -------------------------------------------------------------------------------
 
 def test_stream_sync_records(stream: ActivityStream, written: list[Any]) -> None:
@@ -106,18 +138,23 @@ def test_stream_sync_records(stream: ActivityStream, written: list[Any]) -> None
     assert list(loop) == []
 
 
-def test_stream_write_state_message(stream: ActivityStream, written: list[Any]) -> None:
+def test_stream_write_state_message(stream: ActivityStream, written: list[Any],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """ActivityStream overrides `Stream._write_state_message()`, which the SDK's record loop
     calls every STATE_MSG_FREQUENCY records and at its end (and `_abort_sync` on --test's
     limit): for a bulk stream the one pass writes every STATE itself, one per window."""
     assert list(parameters(Stream._write_state_message)) == ["self"]
-    assert "_write_state_message" in inspect.getsource(Stream._sync_records)
-    assert "_write_state_message" in inspect.getsource(Stream._abort_sync)
+    calls = spy(monkeypatch, ActivityStream, "_write_state_message")
     stream.fed = record("a")
     loop = stream._sync_records()
     next(loop)
     stream.fed = None
     list(loop)
+    assert calls, "the SDK's record loop no longer calls _write_state_message"
+    calls.clear()
+    with pytest.raises((AbortedSyncFailedException, AbortedSyncPausedException)):
+        stream._abort_sync(RuntimeError("--test's record limit"))
+    assert calls, "Stream._abort_sync no longer calls _write_state_message"
     assert "STATE" not in written
 
 
@@ -150,17 +187,19 @@ def test_stream_write_batch_message() -> None:
 
 
 def test_stream_write_record_message(tap: TapMarketoActivities,
-                                     capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+                                     capsysbinary: pytest.CaptureFixture[bytes],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """ActivityStream overrides `Stream._write_record_message(record)`, which the SDK's
     record loop calls once per record to write it: without stream maps, the override
     writes the RECORD line straight into the output buffer, and the line must be the one
     the SDK's own message would give."""
     assert list(parameters(Stream._write_record_message)) == ["self", "record"]
-    assert "_write_record_message" in inspect.getsource(Stream._sync_records)
+    calls = spy(monkeypatch, ActivityStream, "_write_record_message")
     stream = tap.streams[NAME]
     assert isinstance(stream, ActivityStream)
     stream.fed = record("a")
     next(stream._sync_records())
+    assert len(calls) == 1, "the SDK's record loop no longer calls _write_record_message"
     tap.flush_output()
     line = json.loads(capsysbinary.readouterr().out.splitlines()[-1])
     sdk = RecordMessage(stream=NAME, record=record("a"), time_extracted=stream.extracted_at)
@@ -266,19 +305,24 @@ def test_tap_handle_termination(tap: TapMarketoActivities) -> None:
     assert signal.getsignal(signal.SIGINT) == tap._handle_termination
 
 
-def test_tap_sync_all() -> None:
+def test_tap_sync_all(make_tap: Any, monkeypatch: pytest.MonkeyPatch,
+                      tmp_path: Path) -> None:
     """`Tap.sync_all` is `@final` in the SDK, yet the tap overrides it (one pass for all
     streams, not stream after stream): the SDK's CLI must still start a sync by calling
     `tap.sync_all()` with no arguments."""
     assert list(parameters(Tap.sync_all)) == ["self"]
-    assert "tap.sync_all()" in inspect.getsource(Tap.invoke)
+    calls = run_cli(monkeypatch, tmp_path, "sync_all")
+    assert len(calls) == 1 and isinstance(calls[0], TapMarketoActivities)
 
 
-def test_tap_run_connection_test() -> None:
+def test_tap_run_connection_test(make_tap: Any, monkeypatch: pytest.MonkeyPatch,
+                                 tmp_path: Path) -> None:
     """`Tap.run_connection_test` is `@final`, overridden so that `--test` exports only the
     last day: the SDK's `--test` option must still call `tap.run_connection_test()`."""
     assert list(parameters(Tap.run_connection_test)) == ["self"]
-    assert "tap.run_connection_test()" in inspect.getsource(Tap.cb_test)
+    monkeypatch.setattr(TapMarketoActivities, "discover_streams", lambda self: [])
+    calls = run_cli(monkeypatch, tmp_path, "run_connection_test", "--test")
+    assert len(calls) == 1 and isinstance(calls[0], TapMarketoActivities)
 
 
 def test_tap_run_sync_dry_run() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tap_marketo_activities.export import JobSpec
+from tap_marketo_activities.export import JobSpec, spec_of_export
 from tap_marketo_activities.records import (
     REPORTED_PER_KIND,
     UNASKED_TYPE,
@@ -21,7 +21,7 @@ from tap_marketo_activities.records import (
     check_whole,
     read_records,
 )
-from tap_marketo_activities.scheduler import grid_windows, plan_jobs, spec_of_export
+from tap_marketo_activities.scheduler import PlanRequest, grid_windows, plan_jobs
 from tap_marketo_activities.schema import activity_schema, attribute_specs, stream_names
 from tap_marketo_activities.settings import (
     CONFIG_SCHEMA,
@@ -176,8 +176,8 @@ def test_windows_neither_overlap_nor_leave_gaps_and_line_up_after_the_first() ->
 
 
 def test_one_job_per_window_serves_every_stream_that_needs_it() -> None:
-    jobs = plan_jobs({"a": day(0), "b": day(0), "c": day(40)}, {"a": 1, "b": 2, "c": 3},
-                     day(93), dt.timedelta(days=31))
+    jobs = plan_jobs({"a": day(0), "b": day(0), "c": day(40)}, end=day(93),
+                     request=PlanRequest({"a": 1, "b": 2, "c": 3}, dt.timedelta(days=31)))
     assert [(j.spec.start, j.spec.end, j.spec.type_ids) for j in jobs] == [
         (day(0), day(31), (1, 2)),
         (day(31), day(62), (1, 2)),
@@ -187,7 +187,8 @@ def test_one_job_per_window_serves_every_stream_that_needs_it() -> None:
 
 
 def test_a_stream_at_the_end_needs_no_job() -> None:
-    assert plan_jobs({"a": day(5)}, {"a": 1}, day(5), dt.timedelta(days=1)) == []
+    assert plan_jobs({"a": day(5)}, end=day(5),
+                     request=PlanRequest({"a": 1}, dt.timedelta(days=1))) == []
 
 
 VISIT = {"id": 1, "name": "Visit Webpage",
@@ -315,7 +316,7 @@ def test_rows_of_a_type_no_longer_needed_are_dropped_silently(
     problems = Problems("test")
     records = list(read_records(path, "CSV", {**_builders(), 13: None}, problems))
     assert [r["marketoGUID"] for _, r in records] == ["1"]
-    assert (problems.counts, problems.not_needed, problems.rows) == ({}, 2, 3)
+    assert (problems.counts, problems.rows) == ({}, 3)
     assert caplog.records == []
 
 
