@@ -147,7 +147,10 @@ class Tap:
     def __init__(self, workdir: Path, sandbox: SandboxProcess, types: list[int],
                  **settings: Any) -> None:
         self.workdir = workdir
-        self.config = {**sandbox.config, "max_export_mb_per_day": NO_LIMIT_MB, **settings}
+        # Bulk export unless a row says otherwise: the rows time the export file's path
+        # (the increment row compares both roads).
+        self.config = {**sandbox.config, "max_export_mb_per_day": NO_LIMIT_MB,
+                       "rest_increments": "off", **settings}
         self.types = types
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TAP_MARKETO")}
         self.runs = 0
