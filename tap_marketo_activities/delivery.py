@@ -22,10 +22,10 @@ from singer_sdk.batch import Batcher
 from singer_sdk.exceptions import AbortedSyncFailedException, AbortedSyncPausedException
 
 from tap_marketo_activities.client import MarketoError
+from tap_marketo_activities.instants import isoformat
 from tap_marketo_activities.output import OutputClosed
 from tap_marketo_activities.records import FileRejected, RecordBuilder
 from tap_marketo_activities.schema import REPLICATION_KEY
-from tap_marketo_activities.settings import isoformat
 from tap_marketo_activities.streams import ActivityStream
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ class RecordPath:
     @property
     def open(self) -> bool:
         """Some stream still takes records (--test closes each after its first)."""
-        return any(feed.open for feed in self.feeds.values())
+        return not self.feeds or any(feed.open for feed in self.feeds.values())
 
     def deliver(self, rows: Rows, streams: Mapping[RecordBuilder, ActivityStream],
                 window: Window) -> Delivered:

@@ -30,10 +30,11 @@ from tap_marketo_activities.client import (
     Stopped,
     excerpt,
 )
+from tap_marketo_activities.instants import isoformat, parse_datetime
 from tap_marketo_activities.quota import central_midnight
 from tap_marketo_activities.records import FileRejected, check_file
 from tap_marketo_activities.schema import EXPORT_COLUMNS
-from tap_marketo_activities.settings import PrimaryFilter, isoformat
+from tap_marketo_activities.settings import PrimaryFilter
 
 logger = logging.getLogger(__name__)
 
@@ -192,8 +193,7 @@ def used_today(client: MarketoClient, now: dt.datetime) -> int:
     used = 0
     for job in list_exports(client, ("Completed",)):
         try:
-            finished = dt.datetime.fromisoformat(str(job.get("finishedAt")).replace("Z",
-                                                                                    "+00:00"))
+            finished = parse_datetime(str(job.get("finishedAt")))
         except ValueError:
             continue
         if finished >= since:

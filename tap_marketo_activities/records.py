@@ -13,7 +13,6 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
-import io
 import itertools
 import json
 import logging
@@ -22,10 +21,12 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import msgspec
 
+from tap_marketo_activities.client import excerpt
+from tap_marketo_activities.instants import utc_text
 from tap_marketo_activities.schema import (
     ALWAYS_PRESENT,
     BASE_COLUMNS,
@@ -42,27 +43,13 @@ NULL = "null"
 DELIMITERS = {"CSV": ",", "TSV": "\t"}
 REPORTED_PER_KIND = 5  # each problem kind is logged this often per file, then only counted
 PROBE_ROWS = 20  # rows read before the first record, to hold against the header
-SHOWN_CHARS = 100  # of a header or a cell, in a message
 # Problem kinds: fixed strings, so that the cap above counts each kind once.
 WRONG_WIDTH = "cells do not match the header: padded or cut to fit"
 UNREADABLE = "unreadable CSV: split on the delimiter"
 UNASKED_TYPE = "rows of an activity type that was not asked for: skipped"
 NO_GUID = "row without marketoGUID: not deliverable"
 INVALID_UTF8 = "invalid UTF-8 replaced by U+FFFD"
-
-# A 10 KB+ attribute value is real; the default limit (128 KB) is not enough for all files.
-csv.field_size_limit(sys.maxsize)
-
-_decode_errors = 0
-
-
-def _count_and_replace(error: UnicodeError) -> tuple[str, int]:
-    global _decode_errors
-    _decode_errors += 1
-    return ("\ufffd", error.end)  # type: ignore[attr-defined]
-
-
-codecs.register_error("marketo_count_replace", _count_and_replace)
+BAD_DATE = "activityDate is not an ISO-8601 datetime (kept as it is)"
 
 
 class CastError(ValueError):
@@ -76,10 +63,6 @@ class FileRejected(ValueError):
     def __str__(self) -> str:
         return (f"{super().__str__()}. Nothing from its window was bookmarked; run again to "
                 "retry it.")
-
-
-def _shown(text: str) -> str:
-    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
 
 
 def _to_integer(value: Any) -> int:
@@ -127,8 +110,7 @@ def _to_date(value: Any) -> str:
 
 
 def _to_datetime(value: Any) -> str:
-    dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return value
+    return utc_text(value)
 
 
 # Values JSON already gives in the column's type go into the record as they are.
@@ -215,8 +197,10 @@ class Columns(NamedTuple):
 
 
 def field_names(header: list[str], renamed: Mapping[str, str]) -> list[str]:
-    field_of = {text: name for name, text in renamed.items()}
-    return [field_of.get(text, text) for text in header]
+    """The export field each header cell names; spaces around a name do not count (files
+    shaped like Marketo's API reference write `, attributes`)."""
+    field_of = {text.strip(): name for name, text in renamed.items()}
+    return [field_of.get(text.strip(), text.strip()) for text in header]
 
 
 def check_header(header: list[str], renamed: Mapping[str, str],
@@ -224,11 +208,11 @@ def check_header(header: list[str], renamed: Mapping[str, str],
     """The header's columns, when they are what the job asked for (`fields`; without
     them, the columns every record needs); otherwise FileRejected."""
     names = field_names(header, renamed)
-    shown = _shown(",".join(header))
+    shown = excerpt(",".join(header))
     unknown = [name for name in names if name not in BASE_COLUMNS]
     if unknown:
         raise FileRejected(f"{label}: the header names a column Marketo does not export "
-                           f"({_shown(unknown[0])!r}; header: {shown!r})")
+                           f"({excerpt(unknown[0])!r}; header: {shown!r})")
     if len(set(names)) != len(names):
         raise FileRejected(f"{label}: the header names a column twice (header: {shown!r})")
     missing = [name for name in (fields if fields is not None else sorted(ALWAYS_PRESENT))
@@ -292,11 +276,21 @@ class RecordBuilder:
                 problems.cast_failed(self.stream, column, value, number)
                 return None
 
+        def utc_date(text: str, number: int) -> str:
+            try:
+                return utc_text(text)
+            except ValueError:
+                problems.report(BAD_DATE, number, excerpt(text))
+                return text
+
         def record_of(cells: list[str], number: int) -> dict[str, Any]:
+            when = cells[date] if date >= 0 else None
+            if when is not None and when[19:] != "Z":  # instants.is_utc_text, inlined: speed
+                when = utc_date(when, number)
             record: dict[str, Any] = {
                 "marketoGUID": cells[guid],
                 "leadId": integer(cells, lead, "leadId", number),
-                "activityDate": cells[date] if date >= 0 else None,
+                "activityDate": when,
                 "activityTypeId": type_id,
                 "campaignId": integer(cells, campaign, "campaignId", number),
                 "primaryAttributeValueId": cast(
@@ -337,12 +331,26 @@ REST_COLUMNS = Columns(*range(9))
 
 
 def rest_cells(item: Mapping[str, Any]) -> list[str]:
-    """A REST activity (Get Deleted Leads) laid out as an export row, so that one code
-    path types both: attributes come as [{name, value}] there."""
-    attributes = {a.get("name"): a.get("value") for a in item.get("attributes") or []}
+    """A REST activity (Get Deleted Leads, Get Lead Activities) laid out as an export row,
+    so that one code path types both. Its attributes, a list of {name, value}, stay a list:
+    the row's reader turns them into the object (attributes_object), as for export files
+    of that shape."""
     values = [item.get(k) for k in EXPORT_COLUMNS[:REST_COLUMNS.attributes]]
     cells = [NULL if v is None else str(v) for v in values]
-    return [*cells, json.dumps(attributes, ensure_ascii=False), NULL]
+    pairs = item.get("attributes") or []
+    return [*cells, json.dumps(pairs, ensure_ascii=False), NULL]
+
+
+def attributes_object(pairs: list[Any]) -> dict[str, Any] | None:
+    """Attributes written as a list of {name, value} (REST answers, and export files shaped
+    like Marketo's API reference) as the export's object: display name -> value. None when
+    an item is not such a pair."""
+    attributes: dict[str, Any] = {}
+    for pair in pairs:
+        if type(pair) is not dict or type(pair.get("name")) is not str:
+            return None
+        attributes[pair["name"]] = pair.get("value")
+    return attributes
 
 
 def _none_if_null(value: str | None) -> str | None:
@@ -357,8 +365,13 @@ def _parse_attributes(text: str | None, number: int, problems: Problems) -> dict
     except ValueError:
         problems.report("attributes is not valid JSON; kept as text under `_unparsed`", number)
         return {"_unparsed": text}
+    if type(value) is list:
+        pairs = attributes_object(value)
+        if pairs is not None:
+            return pairs
     if not isinstance(value, dict):
-        problems.report("attributes is not a JSON object; kept under `_unparsed`", number)
+        problems.report("attributes is not a JSON object or a list of {name, value}; kept "
+                        "under `_unparsed`", number)
         return {"_unparsed": value}
     return value
 
@@ -374,19 +387,17 @@ def read_rows(path: Path, export_format: str,
               problems: Problems) -> Generator[tuple[int, list[str]], None, None]:
     """The header as row 0, then (row number, cells) for each data row, padded with `null`
     to the header's width."""
-    seen_decode_errors = _decode_errors
-    undecodable = 0  # replaced bytes not yet traced to a row
+    # A 10 KB+ attribute value is real; csv's default limit (128 KB) is not enough for all
+    # files. The limit is the process's: setting it again is harmless.
+    csv.field_size_limit(sys.maxsize)
     with path.open("rb") as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="marketo_count_replace",
-                                newline="\n")
-        header_line = text.readline()
+        lines = _Lines(raw)
+        header_line = lines.header()
         delimiter = detect_delimiter(header_line, export_format)
         header = next(csv.reader([header_line], delimiter=delimiter), [])
         yield 0, header
         width = len(header)
-        record: list[str] = []  # the physical lines of the record being read
-        hidden = [False]
-        reader = csv.reader(_hide_control_characters(text, record, hidden), delimiter=delimiter)
+        reader = csv.reader(lines, delimiter=delimiter)
         number = 0
         while True:
             try:
@@ -394,24 +405,18 @@ def read_rows(path: Path, export_format: str,
             except StopIteration:
                 return
             except csv.Error as exc:
-                cells = "".join(record).rstrip("\r\n").split(delimiter)
-                problems.report(UNREADABLE, number + 1, _shown(str(exc)))
+                cells = "".join(lines.record).rstrip("\r\n").split(delimiter)
+                problems.report(UNREADABLE, number + 1, excerpt(str(exc)))
             if not cells:  # a blank line is no row
-                record.clear()
+                lines.next_record()
                 continue
             number += 1
             problems.rows = number
-            if hidden[0]:
-                cells = _restore_control_characters(cells, record, number, problems)
-                hidden[0] = False
-            record.clear()
-            # Decoding runs ahead in chunks: the counter says bytes were replaced, the row
-            # holding U+FFFD says where.
-            undecodable += _decode_errors - seen_decode_errors
-            seen_decode_errors = _decode_errors
-            if undecodable and (replaced := sum(c.count("\ufffd") for c in cells)):
-                undecodable = max(0, undecodable - replaced)
+            if lines.hidden:
+                cells = _restore_control_characters(cells, lines.record, number, problems)
+            if lines.undecodable:
                 problems.report(INVALID_UTF8, number)
+            lines.next_record()
             if len(cells) != width:
                 problems.report(WRONG_WIDTH, number, f"{len(cells)} where the header has {width}")
                 cells = (cells + [NULL] * width)[:width]
@@ -425,17 +430,53 @@ _HIDE = str.maketrans(_STAND_INS)
 _RESTORE = str.maketrans({v: k for k, v in _STAND_INS.items()})
 
 
-def _hide_control_characters(lines: Iterator[str], record: list[str],
-                             hidden: list[bool]) -> Iterator[str]:
-    for line in lines:
-        if "\r" in line or "\x00" in line:
-            ending = "\r\n" if line.endswith("\r\n") else "\n" if line.endswith("\n") else ""
-            body = line[: len(line) - len(ending)]
-            if "\r" in body or "\x00" in body:
-                line = body.translate(_HIDE) + ending
-                hidden[0] = True
-        record.append(line)
-        yield line
+class _Lines:
+    """One file's physical lines as csv reads them, each decoded on its own, so that what
+    the lines of the record being read held and csv cannot tell (bytes that are not UTF-8,
+    a hidden CR or NUL) is known for that row and no other."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.record: list[str] = []  # the physical lines of the record being read
+        self.hidden = False
+        self.undecodable = False
+
+    def header(self) -> str:
+        data = self.raw.readline()
+        line = _decoded(data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8)
+                        else data)
+        self.next_record()
+        return line
+
+    def next_record(self) -> None:
+        self.record.clear()
+        self.hidden = self.undecodable = False
+
+    def __iter__(self) -> Iterator[str]:
+        record = self.record
+        for data in self.raw:
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError:
+                line = _decoded(data)
+                self.undecodable = True
+            if "\r" in line or "\x00" in line:
+                line = self._hide_control_characters(line)
+            record.append(line)
+            yield line
+
+    def _hide_control_characters(self, line: str) -> str:
+        ending = "\r\n" if line.endswith("\r\n") else "\n" if line.endswith("\n") else ""
+        body = line[: len(line) - len(ending)]
+        if "\r" in body or "\x00" in body:
+            self.hidden = True
+            return body.translate(_HIDE) + ending
+        return line
+
+
+def _decoded(data: bytes) -> str:
+    """UTF-8, each invalid sequence replaced by U+FFFD."""
+    return data.decode("utf-8", "replace")
 
 
 def _restore_control_characters(cells: list[str], record: list[str], number: int,
@@ -466,7 +507,7 @@ def _checked_rows(path: Path, export_format: str, problems: Problems,
         rows.close()
         raise FileRejected(f"{problems.label}: none of the first {len(probe)} rows has the "
                            f"{len(header)} cells of its header "
-                           f"({_shown(','.join(header))!r}), so columns cannot be told apart")
+                           f"({excerpt(','.join(header))!r}), so columns cannot be told apart")
     return at, itertools.chain(probe, rows)
 
 
@@ -501,7 +542,7 @@ def read_records(
             if builder is None:
                 problems.not_needed += 1
             else:
-                problems.report(UNASKED_TYPE, number, f"type {_shown(type_cell)!r}", limit=1)
+                problems.report(UNASKED_TYPE, number, f"type {excerpt(type_cell)!r}", limit=1)
             continue
         guid = cells[guid_at]
         if not guid or guid == NULL:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from tap_marketo_activities.client import MarketoClient
-from tap_marketo_activities.settings import isoformat
+from tap_marketo_activities.instants import isoformat
 
 PAGING_TOKEN_PATH = "/rest/v1/activities/pagingtoken.json"
 DELETED_LEADS_PATH = "/rest/v1/activities/deletedleads.json"

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from singer_sdk import typing as th
 
+from tap_marketo_activities.instants import parse_datetime
 from tap_marketo_activities.quota import MB
 
 MAX_WINDOW_DAYS = 31  # Marketo refuses a createdAt range over 31 days
@@ -219,20 +220,13 @@ def normalize_base_url(value: str) -> str:
 
 def parse_instant(name: str, value: Any) -> dt.datetime:
     """An ISO-8601 date or datetime; UTC when it has no offset; to whole seconds."""
-    text = str(value).strip()
     try:
-        if len(text) == 10:
-            parsed = dt.datetime.combine(dt.date.fromisoformat(text), dt.time())
-        else:
-            parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        return parse_datetime(str(value).strip()).replace(microsecond=0)
     except ValueError:
         raise SettingsError(
             f"{name} {value!r} is not an ISO-8601 date or datetime, e.g. 2024-01-01 or "
             "2024-01-01T00:00:00Z."
         ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.astimezone(dt.timezone.utc).replace(microsecond=0)
 
 
 def _number(config: Mapping[str, Any], name: str) -> float:
@@ -387,8 +381,3 @@ def _primary_filter(where: str, type_id: int, rule: Any) -> PrimaryFilter:
                                 f"Program.Asset, e.g. 'Webinar 2024.Registration Form'; not "
                                 f"{bad[0]!r}.")
     return PrimaryFilter(kind, tuple(values))
-
-
-def isoformat(instant: dt.datetime) -> str:
-    """Marketo's own form (second precision, Z): bookmarks compare as strings."""
-    return instant.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

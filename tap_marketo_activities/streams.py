@@ -23,6 +23,7 @@ from singer_sdk.helpers.conform import TypeConformanceLevel
 from singer_sdk.mapper import RemoveRecordTransform, SameRecordTransform
 from singer_sdk.singerlib import MetadataMapping
 
+from tap_marketo_activities.instants import isoformat
 from tap_marketo_activities.output import RecordBufferingWriter, RecordFraming
 from tap_marketo_activities.records import RecordBuilder
 from tap_marketo_activities.schema import (
@@ -33,7 +34,7 @@ from tap_marketo_activities.schema import (
     REPLICATION_KEY,
     type_id_of,
 )
-from tap_marketo_activities.settings import Settings, isoformat, parse_instant
+from tap_marketo_activities.settings import Settings, parse_instant
 
 logger = logging.getLogger(__name__)
 

@@ -38,6 +38,7 @@ from tap_marketo_activities.increments import (
     call_cap,
     groups_of,
 )
+from tap_marketo_activities.instants import isoformat
 from tap_marketo_activities.merges import Routes
 from tap_marketo_activities.output import OutputClosed
 from tap_marketo_activities.quota import ExportQuota, mb, reset_text
@@ -60,7 +61,7 @@ from tap_marketo_activities.scheduler import (
     plan_jobs,
 )
 from tap_marketo_activities.schema import BULK_ONLY_COLUMNS, REPLICATION_KEY
-from tap_marketo_activities.settings import Settings, isoformat
+from tap_marketo_activities.settings import Settings
 from tap_marketo_activities.streams import LOW_EDGE, ActivityStream
 from tap_marketo_activities.text import plural
 from tap_marketo_activities.workdir import RunFolder

@@ -1,4 +1,5 @@
-"""Writing an export file: header, quoting, shuffled rows, optional dirty rows."""
+"""Writing an export file: header, quoting, shuffled rows, optional dirty rows, and the
+other file shapes Marketo documents (limits.FileShape)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import json
 import random
 import threading
 from dataclasses import dataclass, field
+from datetime import timedelta, timezone
 from typing import Any
 
 from .catalog import DELETE_LEAD, activity_types
-from .data import MERGE_KEY, Dataset, matches
+from .data import MERGE_KEY, Dataset, matches, parse_time
+from .limits import FileShape
 
 ALL_FIELDS = ["marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
               "primaryAttributeValueId", "primaryAttributeValue", "attributes", "actionResult"]
@@ -36,6 +39,7 @@ class ExportSpec:
     defect: str = ""  # limits.FILE_DEFECTS: a file unlike what was asked
     foreign_rows: int = 0  # rows of a type not asked for
     merges: range = range(0)  # Merge Leads activities in the window (Dataset.merge_range)
+    shape: FileShape = field(default_factory=FileShape)
 
 
 @dataclass
@@ -52,6 +56,35 @@ def cell_text(name: str, value: Any) -> str:
     if name == "attributes":
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return str(value)
+
+
+def with_offset(date: str, offset: str) -> str:
+    """A `...Z` date written in local time at a UTC offset like "+0000", "+00:00", "-0500"."""
+    if not offset:
+        return date
+    digits = offset[1:].replace(":", "")
+    span = timedelta(hours=int(digits[:2]), minutes=int(digits[2:] or 0))
+    zone = timezone(-span if offset[0] == "-" else span)
+    return parse_time(date).astimezone(zone).strftime("%Y-%m-%dT%H:%M:%S") + offset
+
+
+def shaped_value(name: str, value: Any, shape: FileShape) -> Any:
+    if name == "activityDate":
+        return with_offset(value, shape.date_offset)
+    if name == "attributes" and shape.attributes_as_list and value is not None:
+        return [{"name": key, "value": item} for key, item in value.items()]
+    return value
+
+
+def shaped(activity: dict[str, Any], shape: FileShape) -> dict[str, Any]:
+    return {name: shaped_value(name, value, shape) for name, value in activity.items()}
+
+
+def header_line(spec: ExportSpec) -> bytes:
+    names = [spec.header_names.get(name, name) for name in spec.fields]
+    if spec.shape.spaced_header:
+        names = names[:1] + [" " + name for name in names[1:]]
+    return join_row([quote(name, spec.delimiter) for name in names], spec.delimiter)
 
 
 def quote(text: str, delimiter: str) -> str:
@@ -165,21 +198,24 @@ class RowWriter:
         cells = self.cells.get(number)
         if cells is None:
             body = self.dataset.body(number)
+            spec = self.spec
             cells = ["" if name in OWN_FIELDS
-                     else quote(cell_text(name, body[name]), self.spec.delimiter)
-                     for name in self.spec.fields]
+                     else quote(cell_text(name, shaped_value(name, body[name], spec.shape)),
+                                spec.delimiter)
+                     for name in spec.fields]
             self.cells[number] = cells
         return cells
 
     def line(self, index: int) -> bytes:
         if index >= MERGE_KEY:
-            activity = self.dataset.activity(index)
+            activity = shaped(self.dataset.activity(index), self.spec.shape)
             row = [quote(cell_text(name, activity[name]), self.spec.delimiter)
                    for name in self.spec.fields]
             return self.finish(row)
         row = list(self.body_cells(self.dataset.body_index(index)))
         guid, lead_id, date, campaign = self.dataset.own_fields(index)
-        own = (guid, str(lead_id), date, "null" if campaign is None else str(campaign))
+        own = (guid, str(lead_id), with_offset(date, self.spec.shape.date_offset),
+               "null" if campaign is None else str(campaign))
         for position, slot in self.own_slots:
             row[position] = own[slot]
         return self.finish(row)
@@ -212,8 +248,8 @@ def foreign_lines(dataset: Dataset, spec: ExportSpec, order: list[int]) -> list[
                   if t["id"] not in asked and t["id"] != DELETE_LEAD), 999999)
     lines = []
     for number, index in enumerate(order[: spec.foreign_rows]):
-        activity = {**dataset.activity(index), "activityTypeId": other,
-                    "marketoGUID": f"99{number:08d}"}
+        activity = shaped({**dataset.activity(index), "activityTypeId": other,
+                           "marketoGUID": f"99{number:08d}"}, spec.shape)
         lines.append(join_row([quote(cell_text(name, activity[name]), spec.delimiter)
                                for name in spec.fields], spec.delimiter))
     return lines
@@ -230,9 +266,8 @@ def write_export(dataset: Dataset, spec: ExportSpec, path: str,
     order = [key for key in keys if writer.wanted(key)]
     random.Random(spec.shuffle_seed).shuffle(order)
     planner = DirtyPlanner(spec.fields) if spec.dirty else None
-    header = [quote(spec.header_names.get(name, name), spec.delimiter) for name in spec.fields]
     with open(path, "wb") as out:
-        chunk = [join_row(header, spec.delimiter)]
+        chunk = [header_line(spec)]
         if spec.foreign_rows:
             chunk += foreign_lines(dataset, spec, order)
             result.records += len(chunk) - 1
@@ -255,7 +290,7 @@ def dirty_line(dataset: Dataset, index: int, spec: ExportSpec, planner: DirtyPla
     if not planner.pending:
         return None
     kind = planner.pending[0]
-    activity = dataset.activity(index)
+    activity = shaped(dataset.activity(index), spec.shape)
     line = planner.apply(activity, spec.delimiter)
     if line is not None:
         result.dirty[activity["marketoGUID"]] = kind

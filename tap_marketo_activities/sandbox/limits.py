@@ -37,6 +37,19 @@ def day_key(moment: datetime | None = None) -> str:
 
 
 @dataclass
+class FileShape:
+    """Export files in the other shapes Marketo documents (its API reference's example), each
+    switched on alone or together; the default is Adobe's current shape."""
+
+    # activityDate written with this UTC offset, e.g. "+0000", "+00:00", "-0500" ("": Z).
+    date_offset: str = ""
+    # attributes as [{"name": ..., "value": ...}] instead of an object.
+    attributes_as_list: bool = False
+    # a space before every header name after the first (`..., attributes`).
+    spaced_header: bool = False
+
+
+@dataclass
 class Faults:
     error_rate: dict[str, float] = field(default_factory=dict)
     http_5xx_rate: float = 0.0
@@ -72,6 +85,7 @@ class Faults:
     file_defect: str = ""
     # Rows of an activity type the job did not ask for, added to each file.
     foreign_type_rows: int = 0
+    file_shape: FileShape = field(default_factory=FileShape)
     # Answer the identity call, or every other call, with a redirect to this origin.
     redirect_identity_to: str = ""
     redirect_calls_to: str = ""

@@ -410,6 +410,7 @@ class Service:
             raise ValueError(f"unknown file defect {self.faults.file_defect!r}")
         spec.defect = self.faults.file_defect
         spec.foreign_rows = self.faults.foreign_type_rows
+        spec.shape = self.faults.file_shape
         job = Job(export_id=self.new_id(), owner=OURS, format=str(body.get("format", "CSV")
                   ).upper(), spec=spec, start_at=start_at, end_at=end_at, type_ids=type_ids)
         self.board.jobs[job.export_id] = job
