@@ -308,7 +308,9 @@ def postgres_runs(box: Sandbox, pg: Postgres, streams: Streams,
 def test_meltano_postgres_one_table_per_stream_with_expected_counts(
         postgres_runs: dict[str, Any], box: Sandbox, streams: Streams) -> None:
     first = postgres_runs["first"]["counts"]
-    assert set(first) == set(streams.schemas)
+    assert set(first) == set(streams.schemas) | {MERGED}
+    assert first[MERGED] == sum(1 for p in box.expected_merged_leads(START, MID)
+                                if p["activityDate"] < MID) > 0
     expected = streams.counts(delivered_rows(box, START, MID))
     assert sum(expected.values()) > 200
     assert {t: first[t] for t in expected} == dict(expected)
@@ -332,6 +334,25 @@ def test_meltano_postgres_columns_are_typed(postgres_runs: dict[str, Any], pg: P
     assert columns[(visit, "personalized_url")] == "boolean"
     assert columns[(visit, "attributes")] == "jsonb"
     assert {"bigint", "boolean", "jsonb", "numeric", "date", "text"} <= set(checked)
+
+
+def test_readme_sql_maps_activities_of_merged_away_leads_to_the_lead_kept(
+        postgres_runs: dict[str, Any], pg: Postgres, box: Sandbox) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    sql = next(b for b in readme.split("```sql\n")[1:] if "lead_kept" in b).split("```")[0]
+    pg.run_sql("DROP VIEW IF EXISTS marketo.visits_by_lead_kept, marketo.lead_kept; " + sql)
+    merges = box.expected_merged_leads(START, END)
+    latest = {p["mergedLeadId"]: p["leadId"] for p in sorted(merges,
+                                                            key=lambda p: p["activityDate"])
+              if p["activityDate"] < END}
+    rows = pg.run_sql("SELECT merged_lead_id, kept_lead_id FROM marketo.lead_kept")
+    assert {int(m): int(k) for m, k in rows} == latest
+    moved = pg.run_sql('SELECT count(*) FROM marketo.visits_by_lead_kept '
+                       'WHERE kept_lead_id <> "leadId"')
+    visits = [a for a in delivered_rows(box, START, END, type_ids=[1])]
+    assert int(moved[0][0]) == sum(1 for a in visits if a["leadId"] in latest)
+    total = pg.run_sql("SELECT count(*) FROM marketo.visits_by_lead_kept")
+    assert int(total[0][0]) == len(visits)
 
 
 def test_meltano_postgres_second_run_is_incremental(
