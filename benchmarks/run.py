@@ -37,7 +37,7 @@ MB = 1024 * 1024
 DEFAULT_RUNS = 3
 NO_LIMIT_MB = 100_000  # the tap's max_export_mb_per_day when the quota is not the subject
 SANDBOX_QUOTA = 1 << 40  # bytes: every run of a row exports its window again
-WINDOW_LINE = re.compile(r"Window \S+ \.\. \S+: (\d+) records? for")
+WINDOW_LINE = re.compile(r"(?:Window|Increment) \S+ \.\. \S+: (\d+) records? for")
 DOWNLOADED_LINE = re.compile(r"Export .*: downloaded (\d+) bytes")
 RATE_LIMIT_LINE = re.compile(r"Rate limit reached")
 CREATED_LINE = re.compile(r"Export .*: created ")
@@ -177,6 +177,12 @@ class Tap:
         path = self.workdir / "catalog.json"
         path.write_text(json.dumps(catalog))
         return path
+
+    def selected_streams(self) -> list[str]:
+        catalog = json.loads(self.catalog.read_text())
+        return [s["tap_stream_id"] for s in catalog["streams"]
+                if any(not e["breadcrumb"] and e["metadata"].get("selected")
+                       for e in s["metadata"])]
 
     def run(self, extra: dict[str, Any] | None = None, state: dict[str, Any] | None = None,
             env: dict[str, str] | None = None, stdout: Any = subprocess.DEVNULL,
@@ -506,6 +512,59 @@ def learnt_sizes(out: Path) -> dict[str, Any]:
     return sizes
 
 
+# -- a fresh increment: Get Lead Activities against an export job ------------------------------
+
+TWELVE_TYPES = [1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 22, 104]  # two REST groups of types
+INCREMENT_LINE = re.compile(r"through Get Lead Activities in (\d+) calls?")
+
+
+def increment_rows(quick: bool, workdir: Path) -> list[Row]:
+    """A 2-hour increment of 12 types on an instance of 20,000 activities a day, from the
+    same bookmarks: read through Get Lead Activities (default settings) and through one
+    export job (`rest_increments: off`) whose latency is 60 s (a real one takes 20-70
+    minutes), each in a sandbox of its own. Wall time REST vs bulk, and the calls used
+    against the floor: the activities walked / 300 per group of types."""
+    latency = 10.0 if quick else 60.0
+    start, end = "2024-01-03T00:00:00Z", "2024-01-03T02:00:00Z"
+    options = {"data_start": DAY_START, "data_end": "2024-01-04T00:00:00Z",
+               "activities_per_day": 20_000, "job_latency": latency}
+    walls: dict[str, TapRun] = {}
+    for road in ("auto", "off"):
+        folder = workdir / road
+        folder.mkdir()
+        with SandboxProcess(folder, **options) as sandbox:
+            tap = Tap(folder, sandbox, TWELVE_TYPES, start_date=DAY_START, end_date=end,
+                      poll_interval_seconds=1, rest_increments=road)
+            state = {"bookmarks": {name: {"replication_key": "activityDate",
+                                          "replication_key_value": start}
+                                   for name in tap.selected_streams()}}
+            walls[road] = tap.run(state=state)
+    walked = int(subprocess.run([sys.executable, __file__, "--walked", json.dumps(options),
+                                 start, end], capture_output=True, text=True,
+                                check=True).stdout)
+    groups = math.ceil(len(TWELVE_TYPES) / 10)
+    floor = groups * math.ceil(walked / 300)
+    calls = sum(int(m.group(1)) for m in walls["auto"].lines(INCREMENT_LINE))
+    rest, bulk = walls["auto"].usage.wall, walls["off"].usage.wall
+    row = Row(f"increment: 2 h of {len(TWELVE_TYPES)} types, REST vs one {latency:g} s job")
+    row.records = walls["auto"].records
+    row.wall, row.base_wall, row.rss_mb = rest, bulk, walls["auto"].usage.rss_mb
+    row.notes.append(f"wall: REST {rest:.2f} s, bulk {bulk:.2f} s ({rest / bulk:.2f}x); "
+                     f"{calls} Get Lead Activities calls for {walked:,} activities walked "
+                     f"({groups} groups of types): floor {floor}, "
+                     f"{calls / floor:.2f}x the floor (paging tokens included)")
+    row.notes += walls["auto"].warnings()
+    return [row]
+
+
+def print_walked(options: dict[str, Any], start: str, end: str) -> None:
+    """The `--walked` child: how many activities Get Lead Activities walks in [start, end)."""
+    sys.path.insert(0, str(ROOT))
+    from tap_marketo_activities.sandbox import Sandbox
+
+    print(len(Sandbox(**options).expected_rest(start, end)))
+
+
 # -- the table --------------------------------------------------------------------------------
 
 
@@ -547,7 +606,7 @@ def fmt(value: float, digits: int) -> str:
 
 
 def main() -> None:
-    names = [s.name for s in SHAPES] + ["disk", "schedule"]
+    names = [s.name for s in SHAPES] + ["disk", "schedule", "increment"]
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", choices=names, metavar="NAME",
@@ -564,7 +623,11 @@ def main() -> None:
     parser.add_argument("--config-out", help=argparse.SUPPRESS)
     parser.add_argument("--baseline", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--share", nargs="+", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--walked", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.walked:
+        print_walked(json.loads(args.walked[0]), args.walked[1], args.walked[2])
+        return
     if args.share:
         print_share(args.share)
         return
@@ -596,6 +659,8 @@ def main() -> None:
             print(f"  .. disk done ({time.monotonic() - started:.0f} s)", flush=True)
         if "schedule" in wanted:
             rows += schedule_rows(args.quick, make_dir(tmp, "schedule"))
+        if "increment" in wanted:
+            rows += increment_rows(args.quick, make_dir(tmp, "increment"))
     if args.quick:  # figures of small runs mean little: no OK or MISSES for them
         for row in rows:
             row.goal = ""

@@ -72,7 +72,9 @@ def test_the_jobs_in_queue_setting_is_respected(tmp_path: Path) -> None:
 def test_marketo_export_quota_stops_cleanly_and_the_next_run_finishes(tmp_path: Path) -> None:
     with Sandbox(job_latency=0.2, data_start=START, data_end=END) as box:
         box.set_faults(export_quota_bytes=500_000)
-        first = run_tap(tmp_path, config_for(box, window_days=7, max_jobs_in_queue=1))
+        # Bulk only: with the quota gone, REST increments would carry on (test_increments.py).
+        first = run_tap(tmp_path, config_for(box, window_days=7, max_jobs_in_queue=1,
+                                             rest_increments="off"))
         assert_quota_day_stop(first, box, "export quota")
         box.set_faults(export_quota_bytes=500 * 1024 * 1024)
         finish_after(first, box, tmp_path, window_days=7)
@@ -84,7 +86,8 @@ def test_the_tap_never_passes_its_own_daily_export_cap(tmp_path: Path) -> None:
         assert warm_up.returncode == 0, warm_up.stderr
         used = box.stats()["export_bytes_today"]
         cap = used * 1.95  # over half used: the first job runs alone to learn its size
-        config = config_for(box, window_days=3, max_export_mb_per_day=cap / 1024 / 1024)
+        config = config_for(box, window_days=3, max_export_mb_per_day=cap / 1024 / 1024,
+                            rest_increments="off")
         run = run_tap(tmp_path / "capped", config, state=warm_up.last_state)
         assert_quota_day_stop(run, box, "max_export_mb_per_day")
         assert box.stats()["export_bytes_today"] <= cap

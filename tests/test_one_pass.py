@@ -253,7 +253,8 @@ def test_a_file_refused_after_reading_is_not_re_used_by_the_next_run(tmp_path: P
 def test_types_that_exported_nothing_and_no_room_end_the_run_instead_of_hanging(
         fresh_sandbox: Sandbox, tmp_path: Path) -> None:
     state = {"marketo_export_sizes": {"1": [0, 86400]}}
-    config = config_for(fresh_sandbox, activity_type_ids=[1], max_export_mb_per_day=0.0011)
+    config = config_for(fresh_sandbox, activity_type_ids=[1], max_export_mb_per_day=0.0011,
+                        rest_increments="off")
     run = run_tap(tmp_path, config, state=state, timeout=120)
     assert run.returncode == 1, run.stderr[-2000:]
     errors = [line for line in run.stderr.splitlines() if "| ERROR" in line]

@@ -17,12 +17,14 @@ from tap_marketo_activities.sandbox import Sandbox
 
 
 def select(catalog: dict[str, Any], streams: set[str],
-           deselect: tuple[str, ...] = ()) -> dict[str, Any]:
+           deselect: tuple[str, ...] = (), fields: tuple[str, ...] = ()) -> dict[str, Any]:
     chosen = json.loads(json.dumps(catalog))
     for entry in chosen["streams"]:
         for item in entry["metadata"]:
             if item["breadcrumb"] == []:
                 item["metadata"]["selected"] = entry["stream"] in streams
+            elif item["breadcrumb"][-1] in fields:
+                item["metadata"]["selected"] = True
             elif item["breadcrumb"][-1] in deselect or (
                     "*attributes" in deselect and item["breadcrumb"][-1] not in BASE):
                 item["metadata"]["selected"] = False
@@ -61,11 +63,36 @@ def test_fields_follow_the_catalog(fresh_sandbox: Sandbox, tmp_path: Path,
 def test_action_result_is_exported_only_when_selected(fresh_sandbox: Sandbox, tmp_path: Path,
                                                       catalog: dict[str, Any]) -> None:
     run = run_tap(tmp_path, config_for(fresh_sandbox),
-                  catalog=select(catalog, {"activities_send_email"}))
+                  catalog=select(catalog, {"activities_send_email"}, fields=("actionResult",)))
     assert run.returncode == 0, run.stderr[-2000:]
     assert all("actionResult" in j["fields"] for j in fresh_sandbox.stats()["jobs"])
     results = {r["actionResult"] for r in run.records["activities_send_email"]}
     assert results <= {"succeeded", "skipped", "failed"} and len(results) >= 2
+
+
+def test_action_result_is_not_selected_by_default_and_keeps_its_stream_on_bulk(
+        fresh_sandbox: Sandbox, tmp_path: Path, catalog: dict[str, Any]) -> None:
+    offered = select(catalog, {"activities_send_email", "activities_visit_webpage"})
+    run = run_tap(tmp_path / "1", config_for(fresh_sandbox), catalog=offered)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert all("actionResult" not in j["fields"] for j in fresh_sandbox.stats()["jobs"])
+    assert all("actionResult" not in r for rows in run.records.values() for r in rows)
+    # A short increment: REST for the stream without actionResult, bulk for the other.
+    chosen = select(catalog, {"activities_send_email", "activities_visit_webpage"},
+                    fields=("actionResult",))
+    for entry in chosen["streams"]:
+        if entry["stream"] == "activities_visit_webpage":
+            for item in entry["metadata"]:
+                if item["breadcrumb"][-1:] == ["actionResult"]:
+                    item["metadata"]["selected"] = False
+    jobs = len(fresh_sandbox.stats()["jobs"])
+    later = run_tap(tmp_path / "2", config_for(fresh_sandbox, end_date="2024-03-01T06:00:00Z"),
+                    state=run.last_state, catalog=chosen)
+    assert later.returncode == 0, later.stderr[-2000:]
+    new_jobs = fresh_sandbox.stats()["jobs"][jobs:]
+    assert [j["activityTypeIds"] for j in new_jobs] == [[6]]
+    assert later.stderr.count("activities_send_email selects actionResult") == 1
+    assert "through Get Lead Activities" in later.stderr
 
 
 def test_primary_attribute_filters_narrow_their_types_only(fresh_sandbox: Sandbox,

@@ -8,17 +8,21 @@ Needs target-jsonl from .meltano/, Meltano and PostgreSQL (scripts/pipelines-set
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import START, all_guids
 
+from tap_marketo_activities.instants import isoformat
 from tap_marketo_activities.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +97,56 @@ def test_quick_start_first_run_then_a_run_that_resumes(tmp_path: Path, box: Sand
     # Only rows stamped exactly on the bookmark can come again (see "How a sync runs").
     assert all(r["activityDate"] >= MID for r in records)
     assert bookmarks(tmp_path) == {END}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_quick_start_with_the_live_sandbox_brings_the_last_day_then_an_increment(
+        tmp_path: Path) -> None:
+    command = readme_block("tap-marketo-activities-sandbox").strip()
+    assert command.endswith("&") and "--port 8765" in command
+    # The README's command as written, on a free port: tests run side by side.
+    command = command.rstrip("&").replace("--port 8765", f"--port {free_port()}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAP_MARKETO")}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    with subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True) as sandbox:
+        try:
+            assert sandbox.stdout is not None and "http://" in sandbox.stdout.readline()
+            run_quick_start_twice(tmp_path)
+        finally:
+            sandbox.terminate()
+
+
+def run_quick_start_twice(tmp_path: Path) -> None:
+    started = dt.datetime.now(dt.timezone.utc)
+    discovered = shell(tmp_path, readme_block("--discover"))
+    assert discovered.returncode == 0, discovered.stderr[-3000:]
+    (tmp_path / "run.sh").write_text(readme_block("# run.sh"))
+    first = shell(tmp_path, "bash run.sh")
+    assert first.returncode == 0, first.stderr[-3000:]
+    records = delivered(tmp_path / "output")
+    day_ago = isoformat(started - dt.timedelta(hours=25))
+    assert len(records) > 1000  # a day at one activity every 30 s, and deleted leads
+    assert all(day_ago <= r["activityDate"] < isoformat(started + dt.timedelta(minutes=5))
+               for r in records)
+    edge = min(bookmarks(tmp_path))
+    # Activities keep coming, one every 30 s: the next run has a real increment.
+    time.sleep(max(0.0, 35 - (dt.datetime.now(dt.timezone.utc) -
+                              dt.datetime.fromisoformat(edge.replace("Z", "+00:00"))
+                              ).total_seconds()))
+    (tmp_path / "output").rename(tmp_path / "output-first-run")
+    second = shell(tmp_path, "bash run.sh")
+    assert second.returncode == 0, second.stderr[-3000:]
+    later = delivered(tmp_path / "output")
+    assert later and all(r["activityDate"] >= edge for r in later)
+    assert {r["marketoGUID"] for r in later}.isdisjoint({r["marketoGUID"] for r in records})
+    assert min(bookmarks(tmp_path)) > edge
 
 
 def test_the_about_sample_is_what_about_prints() -> None:
