@@ -115,6 +115,18 @@ def delivered_rows(box: Sandbox, start: str, end: str, type_ids: list[int] | Non
             if a["activityDate"] < end]
 
 
+def delivered_merges(box: Sandbox, start: str, end: str) -> list[dict[str, Any]]:
+    """What merged_leads delivers of the window [start, end): one record per (Merge Leads
+    activity, lead merged away), less those stamped exactly at `end` (as delivered_rows)."""
+    return [p for p in box.expected_merged_leads(start, end) if p["activityDate"] < end]
+
+
+def as_sorted_json(records: list[dict[str, Any]]) -> list[str]:
+    """Records as text in one order: two lists are equal when they hold the same records,
+    each as often."""
+    return sorted(json.dumps(r, sort_keys=True) for r in records)
+
+
 def all_guids(box: Sandbox, start: str = START, end: str = END) -> set[str]:
     """Every activity a full sync of [start, end) delivers: the bulk exports' and the
     deleted leads' (stream activities_delete_lead)."""
