@@ -103,7 +103,7 @@ class CallBudget:
 
 def groups_of(type_ids: Sequence[int]) -> list[tuple[int, ...]]:
     """Type ids in groups of at most TYPES_PER_READ, one paging sequence each."""
-    ids = sorted(type_ids)
+    ids = sorted(set(type_ids))  # merged_leads reads type 32 beside activities_merge_leads
     return [tuple(ids[i:i + TYPES_PER_READ]) for i in range(0, len(ids), TYPES_PER_READ)]
 
 

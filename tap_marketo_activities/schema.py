@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 
 STREAM_PREFIX = "activities_"
 DELETE_LEAD_TYPE_ID = 37  # not exportable by bulk extract
+MERGE_LEADS_TYPE_ID = 32  # its rows also feed the merged_leads stream (merges.py)
+MERGE_IDS = "Merge IDs"  # the leads merged away, written like "[1520655,1797020]"
 KEY = "marketoGUID"
 REPLICATION_KEY = "activityDate"
 # The columns of a bulk activity export, in the order a job asks for them (and the state
@@ -24,6 +26,11 @@ REPLICATION_KEY = "activityDate"
 EXPORT_COLUMNS = ("marketoGUID", "leadId", "activityDate", "activityTypeId", "campaignId",
                   "primaryAttributeValueId", "primaryAttributeValue", "attributes",
                   "actionResult")
+
+# Attributes Marketo types as one integer but writes as a list of ids: a string column
+# holding the text as written, so that good data casts without a warning (merged_leads
+# has the ids, one record each).
+LIST_ATTRIBUTES = frozenset({(MERGE_LEADS_TYPE_ID, MERGE_IDS)})
 
 # Marketo dataType -> (JSON type, JSON format). Anything else is read as a string.
 DATA_TYPES: dict[str, tuple[str, str | None]] = {
@@ -150,8 +157,8 @@ def activity_schema(activity_type: Mapping[str, Any],
     attributes = activity_type.get("attributes") or []
     data_types = {str(a.get("name", "")): a.get("dataType") for a in attributes}
     for display, column in attribute_columns(attributes).items():
-        json_type, fmt = json_type_of(data_types[display], f"attribute {display!r} of {label}",
-                                     said)
+        data_type = "string" if (type_id, display) in LIST_ATTRIBUTES else data_types[display]
+        json_type, fmt = json_type_of(data_type, f"attribute {display!r} of {label}", said)
         properties[column] = _nullable(json_type, fmt, title=display)
     return {"type": "object", "properties": properties, "additionalProperties": False}
 

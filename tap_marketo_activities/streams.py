@@ -45,18 +45,20 @@ LOW_EDGE = "covered_from"  # the oldest instant a newest-first backfill has reac
 class ActivityStream(Stream):
     """The activities of one Marketo activity type."""
 
-    primary_keys = (KEY,)
+    primary_keys: tuple[str, ...] = (KEY,)
     bulk = True  # served by the shared bulk export jobs
+    derived = False  # records made from another type's rows (merges.MergedLeadsStream)
     replication_key = REPLICATION_KEY
     is_sorted = False  # rows of an export file come in no particular order
     # The tap casts every value from the activity type's dataTypes (records.py), so the
     # SDK's conformance pass would only cost time.
     TYPE_CONFORMANCE_LEVEL = TypeConformanceLevel.NONE
 
-    def __init__(self, tap: Tap, name: str, schema: dict[str, Any]) -> None:
+    def __init__(self, tap: Tap, name: str, schema: dict[str, Any],
+                 type_id: int | None = None) -> None:
         super().__init__(tap, schema=schema, name=name)
         self.tap_of_stream = tap  # the message writer's owner (not Stream._tap: SDK-private)
-        self.type_id = type_id_of(schema)
+        self.type_id = type_id_of(schema) if type_id is None else type_id
         self.windows_done = 0
         self.records_written = 0
         self.fed: dict[str, Any] | None = None  # the record the one pass hands over next

@@ -39,6 +39,7 @@ from tap_marketo_activities.increments import (
     groups_of,
 )
 from tap_marketo_activities.instants import isoformat
+from tap_marketo_activities.merges import Routes
 from tap_marketo_activities.output import OutputClosed
 from tap_marketo_activities.quota import ExportQuota, mb, reset_text
 from tap_marketo_activities.records import (
@@ -112,6 +113,16 @@ def plan(streams: list[ActivityStream], settings: Settings) -> list[PlannedJob]:
     ahead = plan_jobs(forward, end=settings.end, request=request, direction=FORWARD)
     behind = plan_jobs(backward, end=settings.start, request=request, direction=BACKWARD)
     return ahead + behind if newest_first else behind + ahead
+
+
+def rows_per_type(served: list[ActivityStream], delivered: Delivered) -> dict[int, int]:
+    """What a window's file held per type, as its streams' record counts: a derived
+    stream's count (merged_leads) stands in for its type only when it was served alone."""
+    sizes: dict[int, int] = {}
+    for stream in served:
+        if not stream.derived or stream.type_id not in sizes:
+            sizes[stream.type_id] = delivered.records[stream.name]
+    return sizes
 
 
 @dataclass
@@ -286,8 +297,9 @@ class OnePass:
     def _rest_window(self, streams: list[ActivityStream], window: Window, cap: int) -> None:
         """One REST read of [start, end) for these streams, through the record path, its
         progress in the state every few seconds."""
-        builders = {s.type_id: s.builder() for s in streams}
         problems = Problems(f"Get Lead Activities {window.lower} .. {window.upper}")
+        routes = Routes(streams, problems)
+        builders = routes.builders
         bound = {t: b.bind(REST_COLUMNS, problems) for t, b in builders.items()}
         read = RestRead(self.client, self.budget, cap, window.start, window.upper,
                         list(builders))
@@ -304,6 +316,7 @@ class OnePass:
             for _, activities in read.activities():
                 for activity in activities:
                     number += 1
+                    problems.rows = number
                     type_id = activity.get("activityTypeId")
                     if type_id not in bound:
                         problems.report(UNASKED_TYPE, number, f"type {type_id!r}", limit=1)
@@ -314,8 +327,7 @@ class OnePass:
 
         delivered: Delivered | None = None
         try:
-            delivered = self.path.deliver(rows(), {builders[s.type_id]: s for s in streams},
-                                          window)
+            delivered = self.path.deliver(routes.rows(rows()), routes.streams, window)
         except (MarketoError, FileRejected) as exc:
             self.stop_reason = exc
             logger.debug("Stopping in %s .. %s", window.lower, window.upper, exc_info=True)
@@ -448,17 +460,14 @@ class OnePass:
     def _emit(self, planned: PlannedJob, done: CompletedExport) -> Delivered:
         """Every row of the window's file, as a record of its stream."""
         served = [s for s in self.streams if s.name in planned.streams]
-        builders: dict[int, RecordBuilder | None] = {t: None for t in planned.spec.type_ids}
-        streams: dict[RecordBuilder, ActivityStream] = {}
-        for stream in served:
-            if stream.type_id in planned.needed_types:
-                builder = builders[stream.type_id] = stream.builder()
-                streams[builder] = stream
         problems = Problems(f"export {done.export_id}")
+        routes = Routes([s for s in served if s.type_id in planned.needed_types], problems)
+        builders: dict[int, RecordBuilder | None] = {t: None for t in planned.spec.type_ids}
+        builders.update(routes.builders)
         rows = read_records(done.path, planned.spec.export_format, builders, problems,
                             dict(planned.spec.header_names), planned.spec.fields)
-        delivered = self.path.deliver(rows, streams, Window(planned.spec.start,
-                                                            planned.spec.end))
+        delivered = self.path.deliver(routes.rows(rows), routes.streams,
+                                      Window(planned.spec.start, planned.spec.end))
         check_whole(problems, done.records)
         if problems.counts:
             logger.warning("Export %s had problems: %s", done.export_id, problems.summary())
@@ -472,8 +481,7 @@ class OnePass:
         if not self.dry_run:
             for stream in served:
                 stream.covered(planned.spec.start, planned.spec.end, backward=backward)
-        sizes = {s.type_id: delivered.records[s.name] for s in served}
-        self.scheduler.emitted(planned, sizes)
+        self.scheduler.emitted(planned, rows_per_type(served, delivered))
         self.windows_delivered += 1
         self.write_state()
         self._log_window(planned, delivered)

@@ -35,11 +35,13 @@ from tap_marketo_activities.client import (
 )
 from tap_marketo_activities.delivery import StreamMapFailed
 from tap_marketo_activities.increments import REST_STATE_KEY
+from tap_marketo_activities.merges import MERGED_LEADS, MergedLeadsStream
 from tap_marketo_activities.output import OutputClosed, RecordBufferingWriter, Terminated
 from tap_marketo_activities.quota import MB
 from tap_marketo_activities.records import FileRejected
 from tap_marketo_activities.schema import (
     DELETE_LEAD_TYPE_ID,
+    MERGE_LEADS_TYPE_ID,
     activity_schema,
     stream_names,
     type_id_of,
@@ -145,6 +147,10 @@ class TapMarketoActivities(Tap):
                 for entry in self.input_catalog.values()
                 if "activityTypeId" in (schema := entry.schema.to_dict()).get("properties", {})
             ]
+            streams += [MergedLeadsStream(self, entry.stream or entry.tap_stream_id,
+                                          entry.schema.to_dict())
+                        for entry in self.input_catalog.values()
+                        if entry.tap_stream_id == MERGED_LEADS]
             _one_stream_per_type(streams)
             return streams
         types = self._activity_types()
@@ -156,6 +162,8 @@ class TapMarketoActivities(Tap):
             for t in types
             if wanted is None or int(t["id"]) in wanted
         ]
+        if any(s.type_id == MERGE_LEADS_TYPE_ID for s in streams):
+            streams.append(MergedLeadsStream(self))  # made from the Merge Leads rows
         if not streams:
             raise FatalError(f"None of activity_type_ids {list(wanted or [])} is an activity "
                              "type of this instance: see the type ids at "
@@ -295,6 +303,8 @@ def _one_stream_per_type(streams: list[ActivityStream]) -> None:
     """Rows are routed by activity type: two streams of one type would split its rows."""
     seen: dict[int, str] = {}
     for stream in streams:
+        if stream.derived:  # merged_leads reads type 32 beside activities_merge_leads
+            continue
         if stream.type_id in seen:
             raise FatalError(
                 f"The catalog has two streams for activity type {stream.type_id} "

@@ -7,7 +7,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from conftest import END, START, config_for, run_tap
+from conftest import END, MERGED, START, config_for, delivered_merges, run_tap
 
 from tap_marketo_activities.sandbox import Sandbox
 
@@ -39,10 +39,11 @@ def test_the_summary_counts_every_stream_and_the_plan_is_one_line(
     run = run_tap(tmp_path, config_for(fresh_sandbox))
     assert run.returncode == 0, run.stderr[-3000:]
     summary = run.stderr[run.stderr.index("Sync summary:"):]
-    counted = {m[1]: int(m[2]) for m in re.finditer(r"^(activities_\w+)\s+(\d+)\s+\d+$",
-                                                    summary, re.MULTILINE)}
+    counted = {m[1]: int(m[2]) for m in re.finditer(
+        rf"^(activities_\w+|{MERGED})\s+(\d+)\s+\d+$", summary, re.MULTILINE)}
     written = Counter(m["stream"] for m in run.messages if m["type"] == "RECORD")
     assert written["activities_delete_lead"] > 0
+    assert written[MERGED] == len(delivered_merges(fresh_sandbox, START, END)) > 0
     assert counted == {stream: written.get(stream, 0) for stream in counted}
     assert set(written) <= set(counted)
     assert len([line for line in run.stderr.splitlines() if "Planned " in line]) == 1

@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import all_guids
-from test_readme import delivered
+from test_readme import assert_loaded_once
 
 from tap_marketo_activities.sandbox import Sandbox
 
@@ -79,8 +78,7 @@ def pipeline_env(tmp: Path, box: Sandbox, **extra: str) -> dict[str, str]:
 
 
 def assert_everything_loaded(tmp: Path, box: Sandbox) -> None:
-    guids = sorted(r["marketoGUID"] for r in delivered(tmp / "jsonl"))
-    assert guids == sorted(all_guids(box, START, END))
+    assert_loaded_once(tmp / "jsonl", box, START, END)
 
 
 def test_the_airflow_dag_loads_every_record(tmp_path: Path, box: Sandbox,

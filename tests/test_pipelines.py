@@ -30,8 +30,17 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from conftest import TapRun, all_guids, delivered_rows, parse_output, run_tap
-from test_readme import MELTANO_SECTION, delivered, meltano_shell, readme_block
+from conftest import (
+    MERGED,
+    TapRun,
+    all_guids,
+    as_sorted_json,
+    delivered_merges,
+    delivered_rows,
+    parse_output,
+    run_tap,
+)
+from test_readme import MELTANO_SECTION, assert_loaded_once, meltano_shell, readme_block
 
 from tap_marketo_activities.sandbox import Sandbox
 
@@ -105,21 +114,25 @@ class Streams:
                 if value is not None and prop["type"][0] == "string" and \
                         not isinstance(value, str):
                     value = json.dumps(value)
-                if prop["type"][0] == "integer" and isinstance(value, str):
-                    value = None  # e.g. Merge IDs "[1,2]": cannot be cast, column null
                 record[column] = value
         return record
 
     def counts(self, activities: list[dict[str, Any]]) -> Counter[str]:
         return Counter(self.by_type[a["activityTypeId"]] for a in activities)
 
+    @property
+    def every(self) -> set[str]:
+        """Every stream: one per activity type, and merged_leads (made of type 32's rows)."""
+        return set(self.schemas) | {MERGED}
+
 
 @pytest.fixture(scope="module")
 def streams(catalog: dict[str, Any]) -> Streams:
+    assert MERGED in {e["stream"] for e in catalog["streams"]}  # type 32 is in the sandbox
     return Streams(
         {e["schema"]["properties"]["activityTypeId"]["enum"][0]: e["stream"]
-         for e in catalog["streams"]},
-        {e["stream"]: e["schema"] for e in catalog["streams"]},
+         for e in catalog["streams"] if e["stream"] != MERGED},
+        {e["stream"]: e["schema"] for e in catalog["streams"] if e["stream"] != MERGED},
     )
 
 
@@ -297,7 +310,7 @@ def postgres_runs(box: Sandbox, pg: Postgres, streams: Streams,
     loader-side stream map drops the key properties, so that every row is appended."""
     tmp = tmp_path_factory.mktemp("meltano-postgres")
     no_keys: dict[str, dict[str, list[str]]] = {stream: {"__key_properties__": []}
-                                                for stream in streams.schemas}
+                                                for stream in streams.every}
     env = {**pg.target_env("marketo"), "TARGET_POSTGRES_STREAM_MAPS": json.dumps(no_keys)}
     meltano_run(tmp, "target-postgres", {**tap_env(box, MID), **env})
     first = {"counts": pg.counts("marketo"),
@@ -311,9 +324,11 @@ def postgres_runs(box: Sandbox, pg: Postgres, streams: Streams,
 def test_meltano_postgres_one_table_per_stream_with_expected_counts(
         postgres_runs: dict[str, Any], box: Sandbox, streams: Streams) -> None:
     first = postgres_runs["first"]["counts"]
-    assert set(first) == set(streams.schemas)
+    assert set(first) == streams.every
     expected = streams.counts(delivered_rows(box, START, MID))
     assert sum(expected.values()) > 200
+    expected[MERGED] = len(delivered_merges(box, START, MID))
+    assert expected[MERGED] > 0
     assert {t: first[t] for t in expected} == dict(expected)
     assert all(first[t] == 0 for t in set(first) - set(expected))
 
@@ -340,6 +355,25 @@ def test_meltano_postgres_columns_are_typed(postgres_runs: dict[str, Any], pg: P
     assert {"bigint", "boolean", "jsonb", "numeric", "date", "text"} <= set(checked)
 
 
+def test_readme_sql_maps_activities_of_merged_away_leads_to_the_lead_kept(
+        postgres_runs: dict[str, Any], pg: Postgres, box: Sandbox) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    sql = next(b for b in readme.split("```sql\n")[1:] if "lead_kept" in b).split("```")[0]
+    pg.run_sql("DROP VIEW IF EXISTS marketo.visits_by_lead_kept, marketo.lead_kept; " + sql)
+    merges = box.expected_merged_leads(START, END)
+    latest = {p["mergedLeadId"]: p["leadId"] for p in sorted(merges,
+                                                            key=lambda p: p["activityDate"])
+              if p["activityDate"] < END}
+    rows = pg.run_sql("SELECT merged_lead_id, kept_lead_id FROM marketo.lead_kept")
+    assert {int(m): int(k) for m, k in rows} == latest
+    moved = pg.run_sql('SELECT count(*) FROM marketo.visits_by_lead_kept '
+                       'WHERE kept_lead_id <> "leadId"')
+    visits = [a for a in delivered_rows(box, START, END, type_ids=[1])]
+    assert int(moved[0][0]) == sum(1 for a in visits if a["leadId"] in latest)
+    total = pg.run_sql("SELECT count(*) FROM marketo.visits_by_lead_kept")
+    assert int(total[0][0]) == len(visits)
+
+
 def test_meltano_postgres_second_run_is_incremental(
         postgres_runs: dict[str, Any], pg: Postgres, box: Sandbox, streams: Streams) -> None:
     # Without a key, a record delivered twice is a second row: the check below is live.
@@ -361,18 +395,27 @@ def test_meltano_postgres_second_run_is_incremental(
     assert set(everything) == set(all_expected)
     # The rows of the bookmark's second come with the second run's first window, once.
     assert max(everything.values()) == 1
+    merges = delivered_merges(box, START, END)
+    assert as_sorted_json([merge_from_pg(r) for r in pg.rows("marketo", MERGED)]) == \
+           as_sorted_json(merges)
     counts = postgres_runs["second"]["counts"]
     assert {s: counts[s] for s in streams.schemas} == \
            {s: sum(c.values()) for s, c in seen.items()}
-    assert sum(counts.values()) == len(all_expected)
+    assert counts[MERGED] == len(merges)
+    assert sum(counts.values()) == len(all_expected) + len(merges)
+
+
+def merge_from_pg(row: dict[str, Any]) -> dict[str, Any]:
+    """A merged_leads row as the tap wrote it: its activityDate comes back naive."""
+    return {**row, "activityDate": utc(row["activityDate"]).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 def test_meltano_postgres_state_is_at_the_bookmark(postgres_runs: dict[str, Any],
                                                    streams: Streams) -> None:
     first = bookmarks(postgres_runs["first"]["state"]["singer_state"])
     second = bookmarks(postgres_runs["second"]["state"]["singer_state"])
-    assert first == dict.fromkeys(streams.schemas, MID)
-    assert second == dict.fromkeys(streams.schemas, END)
+    assert first == dict.fromkeys(streams.every, MID)
+    assert second == dict.fromkeys(streams.every, END)
 
 
 # ---- Meltano into JSONL, and a plain pipe ------------------------------------------------------
@@ -385,6 +428,7 @@ def read_jsonl_folder(folder: Path) -> dict[str, list[dict[str, Any]]]:
 def assert_exactly(records: dict[str, list[dict[str, Any]]], expected: list[dict[str, Any]],
                    streams: Streams) -> None:
     """Each expected activity once, in its stream, every value equal."""
+    records = {s: rows for s, rows in records.items() if s != MERGED}  # tests of its own
     got = Counter(r["marketoGUID"] for rows in records.values() for r in rows)
     assert [g for g, n in got.items() if n > 1] == []
     assert set(got) == {a["marketoGUID"] for a in expected}
@@ -401,9 +445,11 @@ def test_meltano_jsonl_delivers_every_activity_once(box: Sandbox, streams: Strea
     meltano_run(tmp_path, "target-jsonl",
                 {**tap_env(box, MID), "TARGET_JSONL_DESTINATION_PATH": str(out)})
     expected = delivered_rows(box, START, MID)
-    assert_exactly(read_jsonl_folder(out), expected, streams)
+    records = read_jsonl_folder(out)
+    assert_exactly(records, expected, streams)
+    assert as_sorted_json(records[MERGED]) == as_sorted_json(delivered_merges(box, START, MID))
     state = meltano_state(tmp_path, "sandbox:tap-marketo-activities-to-target-jsonl")
-    assert bookmarks(state["singer_state"]) == dict.fromkeys(streams.schemas, MID)
+    assert bookmarks(state["singer_state"]) == dict.fromkeys(streams.every, MID)
 
 
 def test_shell_pipe_into_target_jsonl(box: Sandbox, streams: Streams, tmp_path: Path) -> None:
@@ -420,9 +466,10 @@ def test_shell_pipe_into_target_jsonl(box: Sandbox, streams: Streams, tmp_path: 
                           timeout=180)
     assert done.returncode == 0, done.stderr[-4000:]
     counts = {s: len(rows) for s, rows in read_jsonl_folder(tmp_path / "out").items()}
-    assert counts == dict(streams.counts(delivered_rows(box, START, END)))
+    assert counts == {**streams.counts(delivered_rows(box, START, END)),
+                      MERGED: len(delivered_merges(box, START, END))}
     final_state = json.loads(done.stdout.strip().splitlines()[-1])
-    assert bookmarks(final_state) == dict.fromkeys(streams.schemas, END)
+    assert bookmarks(final_state) == dict.fromkeys(streams.every, END)
 
 
 # ---- the SDK's own features -------------------------------------------------------------------
@@ -436,7 +483,8 @@ def run_ok(tmp: Path, config: dict[str, Any], *extra: str) -> TapRun:
 def test_stream_maps_drop_a_column_alias_a_stream_and_drop_a_stream(
         box: Sandbox, streams: Streams, tmp_path: Path) -> None:
     maps = {"activities_visit_webpage": {"__alias__": "webpage_visits", "user_agent": None},
-            "activities_click_link": None}
+            "activities_click_link": None,
+            MERGED: {"keptLeadId": "leadId", "leadId": None}}  # its records are mapped too
     run = run_ok(tmp_path, tap_config(box, end=MID, stream_maps=maps))
     schemas = {m["stream"]: m["schema"] for m in run.messages if m["type"] == "SCHEMA"}
     assert "webpage_visits" in schemas
@@ -451,8 +499,11 @@ def test_stream_maps_drop_a_column_alias_a_stream_and_drop_a_stream(
         want = streams.expected_record(expected[record["marketoGUID"]])
         assert record == {k: v for k, v in want.items() if k != "user_agent"}
     assert "activities_click_link" not in run.records
-    assert set(run.records) == set(streams.schemas) - {
+    assert set(run.records) == streams.every - {
         "activities_visit_webpage", "activities_click_link"} | {"webpage_visits"}
+    merges = [{**{k: v for k, v in p.items() if k != "leadId"}, "keptLeadId": p["leadId"]}
+              for p in delivered_merges(box, START, MID)]
+    assert as_sorted_json(run.records[MERGED]) == as_sorted_json(merges)
 
 
 def test_flattening_turns_the_attributes_object_into_json_text(
@@ -460,12 +511,16 @@ def test_flattening_turns_the_attributes_object_into_json_text(
     run = run_ok(tmp_path, tap_config(box, end=MID, flattening_enabled=True,
                                       flattening_max_depth=1))
     schemas = {m["stream"]: m["schema"] for m in run.messages if m["type"] == "SCHEMA"}
-    for schema in schemas.values():
-        assert schema["properties"]["attributes"]["type"] == ["string", "null"]
+    assert set(schemas) == streams.every
+    for stream, schema in schemas.items():
+        if stream != MERGED:  # merged_leads has no attributes: nothing to flatten
+            assert schema["properties"]["attributes"]["type"] == ["string", "null"]
+    assert as_sorted_json(run.records[MERGED]) == as_sorted_json(
+        delivered_merges(box, START, MID))
     expected = {a["marketoGUID"]: a for a in delivered_rows(box, START, MID)}
     total = 0
-    for rows in run.records.values():
-        for record in rows:
+    for stream, rows in run.records.items():
+        for record in rows if stream != MERGED else ():
             activity = expected[record["marketoGUID"]]
             assert json.loads(record["attributes"]) == activity["attributes"]
             assert record["leadId"] == activity["leadId"]
@@ -482,10 +537,11 @@ def test_dash_dash_test_syncs_one_record_per_stream_and_leaves_no_job(
         ("2024-01-10T00:00:00Z", END)}
     per_stream = Counter(m["stream"] for m in run.messages if m["type"] == "RECORD")
     last_day = streams.counts(delivered_rows(box, "2024-01-10T00:00:00Z", END))
+    last_day[MERGED] = len(delivered_merges(box, "2024-01-10T00:00:00Z", END))
     assert set(per_stream) == {s for s, n in last_day.items() if n}
     assert set(per_stream.values()) == {1}
     schemas = {m["stream"] for m in run.messages if m["type"] == "SCHEMA"}
-    assert schemas == set(streams.schemas)
+    assert schemas == streams.every
     statuses = Counter(j["status"] for j in box.stats()["jobs"])
     assert not statuses.keys() & {"Created", "Queued", "Processing"}, statuses
 
@@ -548,10 +604,10 @@ def test_batch_messages_are_loaded_by_an_sdk_target(
     run = run_ok(tmp_path / "tap", tap_config(box, end=MID, batch_config=batch))
     assert run.records == {}
     batches = [m for m in run.messages if m["type"] == "BATCH"]
-    assert {m["stream"] for m in batches} == set(streams.schemas)
+    assert {m["stream"] for m in batches} == streams.every
     # A bookmark moves once per window, and only after the BATCH messages of that window's
     # records: a state seen earlier would lose those records if the run died in between.
-    announced: dict[str, set[str]] = {stream: set() for stream in streams.schemas}
+    announced: dict[str, set[str]] = {stream: set() for stream in streams.every}
     in_files: Counter[str] = Counter()
     moves = 0
     for message in run.messages:
@@ -565,18 +621,18 @@ def test_batch_messages_are_loaded_by_an_sdk_target(
                 announced[message["stream"]].update(guids)
                 in_files[message["stream"]] += len(guids)
         if message["type"] == "STATE":
-            for type_id, stream in streams.by_type.items():
+            for stream in streams.every:
                 value = message["value"]["bookmarks"].get(stream, {}).get(
                     "replication_key_value")
-                if value and stream in announced:
-                    covered = {a["marketoGUID"]
-                               for a in delivered_rows(box, START, value, [type_id])}
-                    assert covered <= announced[stream], (stream, value)
+                if value:
+                    assert batched_guids(box, streams, stream, value) <= announced[stream], \
+                        (stream, value)
                     moves += 1
-    assert moves > len(streams.schemas)  # bookmarks moved window by window, not at the end
+    assert moves > len(streams.every)  # bookmarks moved window by window, not at the end
     expected = streams.counts(delivered_rows(box, START, MID))
+    expected[MERGED] = len(delivered_merges(box, START, MID))
     assert +in_files == expected
-    assert bookmarks(run.last_state) == dict.fromkeys(streams.schemas, MID)
+    assert bookmarks(run.last_state) == dict.fromkeys(streams.every, MID)
 
     config = tmp_path / "target.json"
     config.write_text(json.dumps(pg.target_config("batched")))
@@ -585,6 +641,14 @@ def test_batch_messages_are_loaded_by_an_sdk_target(
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-4000:]
     assert +pg.counts("batched") == expected
+
+
+def batched_guids(box: Sandbox, streams: Streams, stream: str, bookmark: str) -> set[str]:
+    """The marketoGUIDs a stream must have announced once its bookmark is at `bookmark`."""
+    if stream == MERGED:
+        return {p["marketoGUID"] for p in delivered_merges(box, START, bookmark)}
+    type_id = next(t for t, s in streams.by_type.items() if s == stream)
+    return {a["marketoGUID"] for a in delivered_rows(box, START, bookmark, [type_id])}
 
 
 def env_run(tmp: Path, variables: dict[str, str]) -> TapRun:
@@ -649,9 +713,9 @@ def test_with_meltano_in_this_repository(tmp_path: Path, box: Sandbox) -> None:
         "TARGET_POSTGRES_DEFAULT_TARGET_SCHEMA": schema})
     try:
         assert done.returncode == 0, done.stderr[-4000:]
-        expected = all_guids(box, START, END)
-        records = delivered(tmp_path / "jsonl")
-        assert sorted(r["marketoGUID"] for r in records) == sorted(expected)
-        assert sum(pg.counts(schema).values()) == len(expected)
+        assert_loaded_once(tmp_path / "jsonl", box, START, END)
+        counts = pg.counts(schema)
+        assert counts.pop(MERGED) == len(delivered_merges(box, START, END))
+        assert sum(counts.values()) == len(all_guids(box, START, END))
     finally:
         pg.run_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import START, all_guids
+from conftest import MERGED, START, all_guids, as_sorted_json, delivered_merges
 
 from tap_marketo_activities.instants import isoformat
 from tap_marketo_activities.sandbox import Sandbox
@@ -66,6 +66,20 @@ def write_config(cwd: Path, box: Sandbox, end: str) -> None:
 def delivered(output: Path) -> list[dict]:
     return [json.loads(line) for f in sorted(output.glob("*.jsonl"))
             for line in f.read_text().splitlines()]
+
+
+def assert_loaded_once(output: Path, box: Sandbox, start: str, end: str) -> None:
+    """target-jsonl's files hold every activity of [start, end) once, and merged_leads'
+    file its own records: one per (Merge Leads activity, lead merged away)."""
+    records: dict[str, list[dict]] = {}
+    for f in sorted(output.glob("*.jsonl")):  # STREAM.jsonl, or STREAM-TIMESTAMP.jsonl
+        records.setdefault(f.stem.split("-")[0], []).extend(
+            json.loads(line) for line in f.read_text().splitlines())
+    merges = records.pop(MERGED, [])
+    guids = sorted(r["marketoGUID"] for rows in records.values() for r in rows)
+    assert guids == sorted(all_guids(box, start, end))
+    expected = delivered_merges(box, start, end)
+    assert expected and as_sorted_json(merges) == as_sorted_json(expected)
 
 
 def bookmarks(cwd: Path) -> set[str]:
@@ -211,6 +225,4 @@ def test_with_meltano_in_a_project_of_your_own(tmp_path: Path, meltano_box: Sand
     assert done.returncode == 0, done.stderr[-4000:]
     plugins = (project / "meltano.yml").read_text()
     assert f"pip_url: {ROOT}\n" in plugins and "pip_url: target-jsonl==0.1.4" in plugins
-    records = delivered(project / "output")
-    assert sorted(r["marketoGUID"] for r in records) == \
-        sorted(all_guids(meltano_box, START, MELTANO_END))
+    assert_loaded_once(project / "output", meltano_box, START, MELTANO_END)
