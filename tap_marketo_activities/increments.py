@@ -34,9 +34,11 @@ REST_STATE_KEY = "marketo_rest"  # {"day", "calls", "calls_per_hour"}
 # api_limit_share that is under ten minutes of paging, against 20-70 minutes for one export
 # job; past it, one export file costs a handful of calls for the same rows.
 AUTO_MAX_CALLS = 2000
-# With no learnt cost yet, auto tries REST on increments up to this long only; the read's
-# call cap bounds the try, and what it does not reach goes to bulk.
+# With no learnt cost yet, auto tries REST on increments up to this long only, and with at
+# most UNKNOWN_COST_CALLS calls (about two minutes): what the try does not reach goes to bulk,
+# and what it reached teaches the cost.
 UNKNOWN_COST_SPAN = dt.timedelta(days=1)
+UNKNOWN_COST_CALLS = 500
 CALLS_PER_READ = 2  # the paging token, and the last (short) page
 LEARN_FROM_HOURS = 0.25  # a shorter read says too little about the instance's volume
 PAGES_AHEAD = 4  # pages fetched ahead of the record path, per group
@@ -85,7 +87,8 @@ class CallBudget:
         return groups * (math.ceil(hours * self.calls_per_hour) + CALLS_PER_READ)
 
     def learn(self, calls: int, span: dt.timedelta) -> None:
-        """A whole read of `span` took `calls` pages: the instance's volume, in calls."""
+        """A read of `span` (whole, or as far as it came) took `calls` calls: the instance's
+        volume, in calls."""
         hours = span.total_seconds() / 3600
         if hours < LEARN_FROM_HOURS:
             return
@@ -119,7 +122,7 @@ def call_cap(mode: str, budget: CallBudget, span: dt.timedelta, groups: int,
     cap = min(left, AUTO_MAX_CALLS)
     estimate = budget.estimate(span, groups)
     if estimate is None:
-        return cap if span <= UNKNOWN_COST_SPAN else None
+        return min(cap, UNKNOWN_COST_CALLS) if span <= UNKNOWN_COST_SPAN else None
     return cap if estimate <= cap else None
 
 

@@ -62,7 +62,7 @@ from tap_marketo_activities.scheduler import (
     plan_jobs,
 )
 from tap_marketo_activities.schema import BULK_ONLY_COLUMNS, REPLICATION_KEY
-from tap_marketo_activities.settings import Settings
+from tap_marketo_activities.settings import Settings, parse_instant
 from tap_marketo_activities.streams import LOW_EDGE, ActivityStream
 from tap_marketo_activities.text import plural
 from tap_marketo_activities.workdir import RunFolder
@@ -352,8 +352,9 @@ class OnePass:
         done = [s for group, streams in zip(read.groups, members, strict=True) if group.done
                 for s in streams]
         for group in read.groups:
-            if group.done:
-                self.budget.learn(group.calls, window.end - window.start)
+            reached_at = window.end if group.done else parse_instant("edge", group.edge) \
+                if group.edge else window.start
+            self.budget.learn(group.calls, reached_at - window.start)
         if not self.dry_run:
             for stream in done:
                 stream.windows_done += 1
