@@ -385,15 +385,10 @@ class OnePass:
 
     # -- bulk exports ---------------------------------------------------------------------
 
-    def _bulk_streams(self) -> list[ActivityStream]:
-        """`always`: only the streams Get Lead Activities cannot serve go through bulk."""
-        if self.settings.rest_increments != "always":
-            return self.streams
-        rest = self._rest_streams()
-        return [s for s in self.streams if s not in rest]
-
     def _bulk(self) -> None:
-        streams = self._bulk_streams()
+        """What REST did not cover: windows too big for it, streams it cannot serve, and the
+        older part of a newest-first backfill (REST reads forward from each bookmark)."""
+        streams = self.streams
         if not streams:
             return
         jobs = plan(streams, self.settings)
@@ -420,7 +415,7 @@ class OnePass:
         logger.info("The export quota is gone for today: the increment goes on through Get "
                     "Lead Activities, within max_rest_calls_per_day.")
         self._rest_increments(fallback=True)
-        if self.stop_reason is None and plan(self._bulk_streams(), self.settings):
+        if self.stop_reason is None and plan(self.streams, self.settings):
             self.stop_reason = quota_stop  # older windows, or streams REST cannot serve
 
     def _scheduler(self, jobs: list[PlannedJob]) -> ExportScheduler:
