@@ -573,7 +573,7 @@ class OnePass:
         if isinstance(reason, RestBudgetSpent):
             outcome.warning = str(reason)  # the increment goes on tomorrow
         elif isinstance(reason, ExportQuotaExhausted):
-            if self.windows_delivered:
+            if self.windows_delivered or self.rest_windows:
                 outcome.warning = self.stop_line()  # a multi-day backfill goes on tomorrow
             else:
                 outcome.failure = ExportQuotaExhausted(self.stop_line())
@@ -605,6 +605,9 @@ class OnePass:
                     f"exported {mb(used)}")
         else:
             done = "Nothing could be exported today"
+        if self.rest_windows:
+            done += (f"; {plural(self.rest_windows, 'increment')} came through Get Lead "
+                     "Activities")
         return f"{line} {done}; {left_text} is left to export."
 
     def _log_plan(self, jobs: list[PlannedJob]) -> None:

@@ -176,6 +176,25 @@ def test_with_the_export_quota_gone_the_increment_comes_through_rest(
     assert [j for j in box.stats()["jobs"] if j["status"] == "Completed"] == []
 
 
+def test_with_the_export_quota_gone_what_rest_cannot_serve_waits_and_the_run_exits_0(
+        box: Sandbox, tmp_path: Path) -> None:
+    state = first_day(box, tmp_path / "1").last_state
+    forms = sorted({a["primaryAttributeValue"]
+                    for a in delivered_rows(box, DAY, "2024-02-11T00:00:00Z", [2])})
+    box.set_faults(export_quota_bytes=0)
+    # A filtered stream stays on bulk, which has no quota left today.
+    run = run_ok(tmp_path / "2", config(
+        box, "2024-02-10T12:00:00Z",
+        primary_attribute_filters={"2": {"values": forms[:1]}}), state)
+    warnings = [line for line in run.stderr.splitlines() if "| WARNING" in line
+                and "resets at" in line and "through Get Lead Activities" in line]
+    assert len(warnings) == 1, run.stderr[-3000:]
+    rest_types = [t for t in TYPES if t != 2]
+    assert set(by_guid(run)) == {a["marketoGUID"] for a in delivered_rows(
+        box, DAY, "2024-02-10T12:00:00Z", rest_types)}
+    assert bookmarks(run.last_state)["activities_fill_out_form"] == DAY
+
+
 @pytest.mark.parametrize("faults", [
     {"http_5xx_rate": 0.3},
     {"error_rate": {"615": 0.3}},
