@@ -80,10 +80,6 @@ CHECKPOINT_SECONDS = 5.0  # a REST read's progress goes into the state this ofte
 RESUME_NAMES_SHOWN = 6  # stream names in a `Resuming ...` line; the rest are counted
 
 
-def streams_of(groups: list[list[ActivityStream]]) -> list[ActivityStream]:
-    return [stream for group in groups for stream in group]
-
-
 def plan(streams: list[ActivityStream], settings: Settings) -> list[PlannedJob]:
     """Every job this run needs, in the order their windows are delivered: what is new
     since each stream's bookmark going forward, and what is older than its `covered_from`
@@ -129,7 +125,6 @@ def rows_per_type(served: list[ActivityStream], delivered: Delivered) -> dict[in
 class Outcome:
     """What a sync did, for the summary, and how it ended."""
 
-    windows: int = 0
     jobs: int = 0
     downloaded_bytes: int = 0
     quota_used_bytes: float = 0.0
@@ -254,7 +249,7 @@ class OnePass:
             window = Window(start, self.settings.end)
             groups = len(groups_of([s.type_id for s in streams]))
             cap = call_cap(mode, self.budget, window.end - window.start, groups, fallback)
-            self._log_rest_choice(window, streams, cap)
+            self._log_rest_choice(window, streams, groups, cap)
             if cap is None and mode == "always":
                 self._budget_spent(window, window.lower)  # spent by earlier runs today
                 return
@@ -280,11 +275,10 @@ class OnePass:
                 streams.append(stream)
         return streams
 
-    def _log_rest_choice(self, window: Window, streams: list[ActivityStream],
+    def _log_rest_choice(self, window: Window, streams: list[ActivityStream], groups: int,
                          cap: int | None) -> None:
         budget = self.budget
-        estimate = budget.estimate(window.end - window.start,
-                                   len(groups_of([s.type_id for s in streams])))
+        estimate = budget.estimate(window.end - window.start, groups)
         about = f"about {plural(estimate, 'call')}" if estimate is not None else \
             "cost not learnt yet"
         road = "Get Lead Activities" if cap is not None else \
@@ -360,13 +354,14 @@ class OnePass:
                 stream.windows_done += 1
         self.rest_windows += bool(done)
         reached = min((g.edge for g in read.groups if g.edge), default=window.lower)
+        served = sum(map(len, members))
         logger.info("Increment %s .. %s: %s for %s through Get Lead Activities in %s (%d of "
                     "max_rest_calls_per_day=%d used today)%s.", window.lower, window.upper,
                     plural(sum(delivered.records.values()) if delivered else 0, "record"),
-                    plural(len(streams_of(members)), "stream"),
+                    plural(served, "stream"),
                     plural(self.budget.run_calls - calls_before, "call"), self.budget.used,
                     self.budget.limit,
-                    "; delivered" if len(done) == len(streams_of(members))
+                    "; delivered" if len(done) == served
                     else f"; delivered up to {reached}")
         if read.spent and self.stop_reason is None:
             self._budget_spent(window, reached)
@@ -559,8 +554,7 @@ class OnePass:
             sys.stderr.write("\033[K")
 
     def _outcome(self) -> Outcome:
-        outcome = Outcome(windows=self.windows_delivered,
-                          downloaded_bytes=self.bytes_downloaded,
+        outcome = Outcome(downloaded_bytes=self.bytes_downloaded,
                           plan_line=self.plan_line())
         if self.scheduler is not None:
             outcome.jobs = sum(1 for p in self.scheduler.jobs if p.job is not None)
