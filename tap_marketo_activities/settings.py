@@ -138,6 +138,7 @@ CONFIG_SCHEMA = th.PropertiesList(
                             "\"Secondary Attributes\"} (Marketo's columnHeaderNames)."),
 ).to_dict()
 PROPERTIES: Mapping[str, Mapping[str, Any]] = CONFIG_SCHEMA["properties"]
+REQUIRED: list[str] = list(CONFIG_SCHEMA["required"])
 
 # Activity types whose exports Marketo lets filter by primary attribute, and what it is.
 FILTERABLE = {2: "form", 13: "lead field", 22: "lead field", 24: "static list",
@@ -262,11 +263,37 @@ def _choice(config: Mapping[str, Any], name: str, normal: Callable[[str], str]) 
     return text
 
 
+def required_problem(config: Mapping[str, Any]) -> str | None:
+    """The line for required settings that are missing, naming a close unknown one (a typo)
+    and, when nothing at all was given, where settings come from."""
+    missing = [name for name in REQUIRED if not config.get(name)]
+    if not missing:
+        return None
+    # The SDK fills in the defaults: only the other values were given.
+    given = [name for name, value in config.items() if not name.startswith("_") and
+             (name not in PROPERTIES or value != PROPERTIES[name].get("default"))]
+    unknown = [name for name in given if name not in PROPERTIES]
+    typos = [f"{typo!r}: did you mean {name!r}?" for name in missing
+             for typo in difflib.get_close_matches(name, unknown, n=1)]
+    listing = _listing(REQUIRED)
+    if not given:
+        return (f"No settings given: pass --config FILE (a JSON object with {listing}) or "
+                f"--config ENV with TAP_MARKETO_ACTIVITIES_{REQUIRED[0].upper()} and the like "
+                "set.")
+    verb = "is" if len(missing) == 1 else "are"
+    hint = f" The config has {'; '.join(typos)}" if typos else ""
+    return f"{_listing(missing)} {verb} required (the tap needs {listing}).{hint}"
+
+
+def _listing(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" and {names[-1]}"
+
+
 def parse_settings(config: Mapping[str, Any], now: dt.datetime | None = None) -> Settings:
     """Check and normalise the config. Raises SettingsError naming the first bad setting."""
-    for name in ("client_id", "client_secret", "base_url", "start_date"):
-        if not config.get(name):
-            raise SettingsError(f"{name} is required.")
+    problem = required_problem(config)
+    if problem:
+        raise SettingsError(problem)
     now = (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
     start = parse_instant("start_date", config["start_date"])
     end = parse_instant("end_date", config["end_date"]) if config.get("end_date") else now

@@ -24,6 +24,7 @@ from singer_sdk.helpers.capabilities import (
     TapCapabilities,
 )
 from singer_sdk.helpers.types import TapState
+from singer_sdk.logging import ConsoleFormatter
 from typing_extensions import override
 
 from tap_marketo_activities.client import (
@@ -35,6 +36,7 @@ from tap_marketo_activities.client import (
 )
 from tap_marketo_activities.delivery import StreamMapFailed
 from tap_marketo_activities.increments import REST_STATE_KEY
+from tap_marketo_activities.inputs import first_problem
 from tap_marketo_activities.merges import MERGED_LEADS, MergedLeadsStream
 from tap_marketo_activities.output import OutputClosed, RecordBufferingWriter, Terminated
 from tap_marketo_activities.quota import MB
@@ -327,6 +329,13 @@ def _stream_class(type_id: int) -> type[ActivityStream]:
 def main() -> None:
     """Console entry point: a failure is one line, not a stack trace (DEBUG shows it)."""
     log = logging.getLogger(TapMarketoActivities.name)
+    problem = first_problem(sys.argv[1:])
+    if problem:  # before the SDK has set logging up: the line in its format all the same
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(ConsoleFormatter())
+        log.addHandler(handler)
+        log.error("%s", problem)
+        sys.exit(1)
     try:
         TapMarketoActivities.cli()
     except Terminated as stop:
