@@ -66,7 +66,7 @@ ERROR_LINE_CHARS = 400  # the one ERROR line of a failure; the details are at DE
 
 
 class TapMarketoActivities(Tap):
-    """Marketo activities through the Bulk Activity Extract API."""
+    """Marketo activities through the Bulk Activity Extract API and Get Lead Activities (REST)."""
 
     name = "tap-marketo-activities"
     package_name = "tap-marketo-activities"

@@ -16,7 +16,10 @@ from .data import format_time, to_time
 
 ACTIVITIES_PER_DAY = 2880  # one every 30 s: a few minutes' increment is never empty
 LIVE_DAYS = 28
-CONFIG_HOURS = 24
+# --config-out's start_date: under a day back however the hour falls, so that a first run can
+# read it through Get Lead Activities (the tap tries REST on up to a day while it has no cost
+# learnt) with an hour to spare before it is run.
+CONFIG_HOURS = 22
 
 
 DESCRIPTION = f"""\
@@ -63,13 +66,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write a tap config for this sandbox (client_id, client_secret, "
                              "base_url, start_date) to FILE as JSON; with live data "
                              f"start_date is {CONFIG_HOURS} hours ago (on the hour), so a "
-                             "first run brings the last day in a few windows; otherwise "
-                             "it is --data-start")
+                             "first run brings the last day, through Get Lead Activities; "
+                             "otherwise it is --data-start")
     return parser
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
+
+
+def dates_problem(data_start: str, data_end: str) -> str | None:
+    """What is wrong with --data-start and --data-end, in one line, or None."""
+    try:
+        start = to_time(data_start)
+        end = None if data_end == "now" else to_time(data_end)
+    except ValueError:
+        return (f"--data-start {data_start!r} and --data-end {data_end!r} must be ISO-8601 "
+                "date-times such as 2024-01-01T00:00:00Z (or --data-end now).")
+    if end is not None and end <= start:
+        return (f"--data-end {data_end} is not after --data-start {data_start}: no activity "
+                "would exist. Give a later --data-end, or an earlier --data-start (default: "
+                f"{LIVE_DAYS} days ago).")
+    return None
 
 
 def tap_config(sandbox: Sandbox, data_end: str, now: datetime) -> dict[str, Any]:
@@ -90,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     now = datetime.now(timezone.utc)
     data_start = args.data_start or format_time(
         (now - timedelta(days=LIVE_DAYS)).replace(hour=0, minute=0, second=0, microsecond=0))
+    problem = dates_problem(data_start, args.data_end)
+    if problem:
+        print(f"tap-marketo-activities-sandbox: {problem}", file=sys.stderr)
+        return 2
     sandbox = Sandbox(seed=args.seed, data_start=data_start, data_end=args.data_end,
                       activities_per_day=args.activities_per_day,
                       job_latency=args.job_latency, port=args.port)
