@@ -15,6 +15,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -40,9 +41,17 @@ from conftest import (
     parse_output,
     run_tap,
 )
-from test_readme import MELTANO_SECTION, assert_loaded_once, meltano_shell, readme_block
+from test_readme import (
+    MELTANO_BIN,
+    assert_loaded_once,
+    doc_blocks,
+    in_background,
+    meltano_shell,
+    readme_block,
+)
 
 from tap_marketo_activities.sandbox import Sandbox
+from tap_marketo_activities.sandbox.__main__ import ACTIVITIES_PER_DAY
 
 ROOT = Path(__file__).resolve().parents[1]
 MELTANO = ROOT / ".venv-meltano" / "bin" / "meltano"
@@ -355,10 +364,10 @@ def test_meltano_postgres_columns_are_typed(postgres_runs: dict[str, Any], pg: P
     assert {"bigint", "boolean", "jsonb", "numeric", "date", "text"} <= set(checked)
 
 
-def test_readme_sql_maps_activities_of_merged_away_leads_to_the_lead_kept(
+def test_design_sql_maps_activities_of_merged_away_leads_to_the_lead_kept(
         postgres_runs: dict[str, Any], pg: Postgres, box: Sandbox) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    sql = next(b for b in readme.split("```sql\n")[1:] if "lead_kept" in b).split("```")[0]
+    design = (ROOT / "docs" / "design.md").read_text()
+    sql = next(b for b in design.split("```sql\n")[1:] if "lead_kept" in b).split("```")[0]
     pg.run_sql("DROP VIEW IF EXISTS marketo.visits_by_lead_kept, marketo.lead_kept; " + sql)
     merges = box.expected_merged_leads(START, END)
     latest = {p["mergedLeadId"]: p["leadId"] for p in sorted(merges,
@@ -694,28 +703,155 @@ def test_number_settings_from_environment_variables(box: Sandbox, streams: Strea
     assert run.returncode == 0, run.stderr[-2000:]
 
 
-# ---- the README's "With Meltano" blocks, in this project ----------------------------------
+# ---- the README's "With Meltano" blocks, as written -------------------------------------
+# Here, not in test_readme.py: the runs in this project share its .meltano/run with the
+# tests above, and the README's sandbox takes port 8765, so they go one at a time.
 
-def test_with_meltano_in_this_repository(tmp_path: Path, box: Sandbox) -> None:
-    setup = readme_block("bash scripts/setup", MELTANO_SECTION)
-    # scripts/test has run scripts/setup; the sandbox is the test's own, on a free port
-    # (8765 may be taken by another run): its URL comes in as the environment variable
-    # that meltano.yml's base_url gives way to.
-    kept = [line for line in setup.splitlines()
-            if "scripts/setup" not in line and "tap-marketo-activities-sandbox" not in line]
-    assert len(kept) == 2, kept
-    runs = readme_block("target-postgres", MELTANO_SECTION)
+IN_THIS_REPO = ("### In this repository", "### In a project of your own")
+OWN_PROJECT = ("### In a project of your own", "## Configuration")
+SANDBOX_LINE = "tap-marketo-activities-sandbox --port 8765"
+WAIT_FOR_8765 = """for _ in $(seq 1 100); do
+  (exec 3<>/dev/tcp/127.0.0.1/8765) 2>/dev/null && break
+  sleep 0.1
+done
+"""
+
+
+def readme_sandbox() -> Sandbox:
+    """The data of the README's sandbox command (its dates, the command line's defaults):
+    what its runs must deliver. Never started: the command serves them."""
+    return Sandbox(data_start=START, data_end=END, activities_per_day=ACTIVITIES_PER_DAY)
+
+
+def test_the_readme_sandbox_command_and_the_sandbox_environment_agree() -> None:
+    """Dates that give rows: the README's command serves what the environment reads, and
+    meltano.yml's comment gives the same command."""
+    command = f"tap-marketo-activities-sandbox --port 8765 --data-start {START} --data-end {END} &"
+    assert command in one_line(readme_block(SANDBOX_LINE, IN_THIS_REPO))
+    text = (ROOT / "meltano.yml").read_text()
+    assert command in one_line("\n".join(line.lstrip("#") for line in text.splitlines()
+                                         if line.startswith("#")))
+    sandbox_env = next(e for e in yaml.safe_load(text)["environments"]
+                       if e["name"] == "sandbox")
+    tap = sandbox_env["config"]["plugins"]["extractors"][0]["config"]
+    assert (tap["base_url"], tap["start_date"], tap["end_date"]) == (
+        "http://127.0.0.1:8765", START, END)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.replace("\\\n", " ").split())
+
+
+def test_the_readme_set_up_block_is_what_scripts_test_runs_first() -> None:
+    assert readme_block("scripts/setup", IN_THIS_REPO) == "bash scripts/setup\n"
+    lines = (ROOT / "scripts" / "test").read_text().splitlines()
+    assert "bash scripts/setup" in lines
+
+
+def test_with_meltano_in_this_repository(tmp_path: Path) -> None:
+    """The sandbox block and the runs block, as written, in one shell in this project (the
+    set-up block is scripts/test's own first step). Only where the rows land is the test's:
+    a JSONL folder and a PostgreSQL schema of its own, from the environment."""
+    sandbox = readme_block(SANDBOX_LINE, IN_THIS_REPO)
+    runs = readme_block("target-postgres", IN_THIS_REPO)
     schema = f"readme_{os.getpid()}"
     pg = Postgres(connection_settings(), psql_binary())
-    done = meltano_shell(ROOT, "\n".join(kept) + "\n" + runs, tmp_path, {
-        "TAP_MARKETO_ACTIVITIES_BASE_URL": box.base_url,
+    script = sandbox + WAIT_FOR_8765 + runs + "kill %1\n"
+    done = meltano_shell(ROOT, script, tmp_path, {
         "TARGET_JSONL_DESTINATION_PATH": str(tmp_path / "jsonl"),
         "TARGET_POSTGRES_DEFAULT_TARGET_SCHEMA": schema})
     try:
         assert done.returncode == 0, done.stderr[-4000:]
+        box = readme_sandbox()
         assert_loaded_once(tmp_path / "jsonl", box, START, END)
         counts = pg.counts(schema)
         assert counts.pop(MERGED) == len(delivered_merges(box, START, END))
         assert sum(counts.values()) == len(all_guids(box, START, END))
     finally:
         pg.run_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@dataclass
+class OwnProject:
+    folder: Path
+    run: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def own_project(tmp_path_factory: pytest.TempPathFactory) -> OwnProject:
+    """The README's own-project blocks, as written, from `meltano init` on, in an empty
+    folder, against the README's sandbox (its command as written, from this checkout)."""
+    tmp = tmp_path_factory.mktemp("own")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAP_MARKETO")}
+    script = "".join(doc_blocks(OWN_PROJECT))
+    with in_background(readme_block(SANDBOX_LINE, IN_THIS_REPO), ROOT, env):
+        done = meltano_shell(tmp, script, tmp, {
+            "CHECKOUT": str(ROOT), "PATH": os.pathsep.join([str(MELTANO_BIN), env["PATH"]])})
+    return OwnProject(tmp / "my-meltano-project", done)
+
+
+def test_with_meltano_in_a_project_of_your_own(own_project: OwnProject) -> None:
+    assert own_project.run.returncode == 0, own_project.run.stderr[-4000:]
+    plugins = (own_project.folder / "meltano.yml").read_text()
+    assert f"pip_url: {ROOT}\n" in plugins and "pip_url: target-jsonl==0.1.4" in plugins
+    assert_loaded_once(own_project.folder / "output", readme_sandbox(), START, END)
+
+
+def test_own_project_selects_all_but_action_result(own_project: OwnProject,
+                                                   tmp_path: Path) -> None:
+    with Sandbox(job_latency=0.05, data_start=START, data_end=END) as box:
+        listed = meltano_shell(own_project.folder, "meltano select tap-marketo-activities "
+                               "--list --all", tmp_path, own_env(box, END))
+    assert listed.returncode == 0, listed.stderr[-4000:]
+    # "\t[selected   ] stream.property" lines: every actionResult excluded, all else in.
+    listing = dict((m.group(2), m.group(1)) for m in
+                   re.finditer(r"^\s*\[(\w+) *\] (\S+)$", listed.stdout, re.M))
+    results = {name: how for name, how in listing.items() if name.endswith(".actionResult")}
+    assert "activities_visit_webpage.actionResult" in results
+    assert set(results.values()) == {"excluded"}
+    assert {how for name, how in listing.items() if name not in results} <= {
+        "selected", "automatic"}
+
+
+def test_own_project_takes_a_2_hour_increment_through_rest_without_an_export_job(
+        own_project: OwnProject, tmp_path: Path) -> None:
+    """What the README's own project does on an hourly schedule: the default selection
+    there leaves actionResult out, so a small increment needs no export job."""
+    end = "2024-01-05T02:00:00Z"
+    start = "2024-01-05T00:00:00Z"
+    with Sandbox(job_latency=0.05, data_start=START, data_end=END,
+                 activities_per_day=2000) as box:
+        env = {**own_env(box, end), "TAP_MARKETO_ACTIVITIES_START_DATE": start,
+               "TARGET_JSONL_DESTINATION_PATH": str(tmp_path / "jsonl")}
+        done = meltano_shell(own_project.folder,
+                             "meltano run tap-marketo-activities target-jsonl",
+                             tmp_path, env)
+        assert done.returncode == 0, done.stderr[-4000:]
+        stats = box.stats()
+        creates = [call for call in stats["calls"] if call.endswith("/create.json")]
+        assert stats["jobs"] == [] and creates == [], done.stderr[-3000:]  # no export job
+        assert stats["calls"].get("GET /rest/v1/activities.json"), stats["calls"]
+        assert_loaded_once(tmp_path / "jsonl", box, start, end)
+
+
+def own_env(box: Sandbox, end: str) -> dict[str, str]:
+    """The own project's settings pointed at a sandbox of the test's own, from the
+    environment (which wins over meltano.yml)."""
+    return {"PATH": os.pathsep.join([str(MELTANO_BIN), os.environ["PATH"]]),
+            "TAP_MARKETO_ACTIVITIES_BASE_URL": box.base_url,
+            "TAP_MARKETO_ACTIVITIES_END_DATE": end}
+
+
+def test_the_demo_runs_as_written(tmp_path: Path) -> None:
+    """`bash scripts/demo`, the README's first command, as written: it sets up (quickly, once
+    scripts/test has), runs both pipelines and prints what landed where."""
+    block = readme_block("bash scripts/demo", ("# tap-marketo-activities", "## Why this tap"))
+    demo = next(line for line in block.splitlines() if line.startswith("bash scripts/demo"))
+    done = meltano_shell(ROOT, demo, tmp_path, {})
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    total = re.search(r"^total +(\d+)$", done.stdout, re.M)
+    assert total is not None, done.stdout[-4000:]
+    box = readme_sandbox()
+    assert int(total.group(1)) == len(all_guids(box, START, END)) + len(
+        delivered_merges(box, START, END))
+    assert "missing" not in done.stdout
