@@ -211,3 +211,12 @@ def test_sandbox_console_script_describes_every_option() -> None:
                             capture_output=True, text=True, timeout=60)
     assert module.returncode == 0, module.stderr
     assert module.stdout == done.stdout
+
+
+def test_every_selection_leaves_action_result_out(definition: dict[str, Any]) -> None:
+    """actionResult, which Get Lead Activities does not return, keeps a stream on export
+    jobs: the Hub definition, meltano.yml and the README's own project leave it out, alike."""
+    assert definition["select"] == ["*.*", "!*.actionResult"]
+    readme = (ROOT / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if " _select " in line)
+    assert line.endswith(" _select " + "'" + json.dumps(definition["select"]) + "'"), line
