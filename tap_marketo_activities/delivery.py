@@ -22,10 +22,9 @@ from singer_sdk.batch import Batcher
 from singer_sdk.exceptions import AbortedSyncFailedException, AbortedSyncPausedException
 from typing_extensions import override
 
-from tap_marketo_activities.client import MarketoError
 from tap_marketo_activities.instants import isoformat
 from tap_marketo_activities.output import OutputClosed
-from tap_marketo_activities.records import FileRejected, RecordBuilder
+from tap_marketo_activities.records import RecordBuilder
 from tap_marketo_activities.schema import REPLICATION_KEY
 from tap_marketo_activities.streams import ActivityStream
 
@@ -116,6 +115,7 @@ class StreamFeed:
         self.loop: Iterator[dict] = stream._sync_records(write_messages=self.batches is None)
         self.open = True  # False once --test's record limit ended it
         self.records = 0  # written in the window being delivered
+        self.lower = ""  # the window's start, or this stream's own in a shared read
 
     def put(self, record: dict[str, Any]) -> None:
         """Raises one of ABORTED once --test's record limit is reached."""
@@ -164,15 +164,18 @@ class RecordPath:
         return not self.feeds or any(feed.open for feed in self.feeds.values())
 
     def deliver(self, rows: Rows, streams: Mapping[RecordBuilder, ActivityStream],
-                window: Window) -> Delivered:
+                window: Window, floors: Mapping[str, str] | None = None) -> Delivered:
         """Every row of [lower, upper) to its stream; the window's BATCH files flushed.
-        Rows stamped before the window's start or at/after its end are not its own."""
+        Rows stamped before the window's start (or a stream's floor: a stream sharing a
+        read from an older bookmark takes what lies past its own) or at/after its end are
+        not its own."""
         feeds = {builder: self.feed(stream) for builder, stream in streams.items()}
         for feed in feeds.values():
             feed.records = 0
+            feed.lower = (floors or {}).get(feed.stream.name, window.lower)
             feed.stream.extracted_at = dt.datetime.now(dt.timezone.utc)
         try:
-            outside = self._deliver(iter(rows), feeds, window.lower, window.upper)
+            outside = self._deliver(iter(rows), feeds, window.upper)
         finally:
             for feed in feeds.values():
                 feed.stream.records_written += feed.records  # also of a window cut short
@@ -181,41 +184,38 @@ class RecordPath:
         return Delivered({f.stream.name: f.records for f in feeds.values()}, outside)
 
     def _deliver(self, rows: Iterator[tuple[RecordBuilder, dict[str, Any]]],
-                 feeds: Mapping[RecordBuilder, StreamFeed], lower: str, upper: str) -> int:
-        """The hot loop; returns the rows outside the window. Resumed after --test's record
-        limit closes a stream, as the rows of the others go on."""
+                 feeds: Mapping[RecordBuilder, StreamFeed], upper: str) -> int:
+        """The hot loop; returns the rows outside the window. A source's own error passes
+        as it is; only what fails while a record is written is named after its stream."""
         outside = count = 0
-        feed: StreamFeed | None = None
-        while True:
-            try:
-                for builder, record in rows:
-                    feed = feeds[builder]
-                    stamp = record[REPLICATION_KEY]
-                    if not lower <= stamp < upper:
-                        outside += 1
-                    elif feed.open:
-                        feed.put(record)
-                        count += 1
-                        if not count % PROGRESS_ROWS:
-                            self.on_progress()
-                return outside
-            except ABORTED:
-                assert feed is not None
-                feed.open = False  # --test's one record per stream is out
-                if not any(f.open for f in feeds.values()):
-                    return outside  # the rest of the source is not worth reading
-            except Exception as exc:
-                _raise_named(feed, exc)
+        for builder, record in rows:
+            feed = feeds[builder]
+            stamp = record[REPLICATION_KEY]
+            if not feed.lower <= stamp < upper:
+                outside += 1
+            elif feed.open:
+                try:
+                    feed.put(record)
+                except ABORTED:
+                    feed.open = False  # --test's one record per stream is out
+                    if not any(f.open for f in feeds.values()):
+                        return outside  # the rest of the source is not worth reading
+                    continue
+                except Exception as exc:
+                    _raise_named(feed, exc)
+                count += 1
+                if not count % PROGRESS_ROWS:
+                    self.on_progress()
+        return outside
 
     def finish(self) -> None:
         for feed in self.feeds.values():
             feed.finish()
 
 
-def _raise_named(feed: StreamFeed | None, exc: Exception) -> NoReturn:
+def _raise_named(feed: StreamFeed, exc: Exception) -> NoReturn:
     """A failure while a stream's record was written: a stream map's or the SDK's is
-    named after its stream; our own errors and a closed output pass as they are."""
-    if isinstance(exc, OutputClosed | MarketoError | FileRejected) or feed is None or \
-            feed.stream.plain_output:
+    named after its stream; a closed output passes as it is."""
+    if isinstance(exc, OutputClosed) or feed.stream.plain_output:
         raise exc
     raise StreamMapFailed(feed.stream.name, exc) from exc
