@@ -313,11 +313,13 @@ def log_bulk_only(situation: Situation) -> None:
         if view.bulk_only:
             reasons.setdefault(view.bulk_only, []).append(view.name)
     for reason, names in sorted(reasons.items()):
-        verb = "select" if len(names) > 1 and reason.startswith("selects") else None
-        said = reason.replace("selects", verb, 1) if verb else reason.replace(
-            "has", "have", 1) if len(names) > 1 else reason
-        logger.info("%s %s, which Get Lead Activities does not serve: read through bulk "
-                    "export: %s.", plural(len(names), "stream"), said, _names(names))
+        if len(names) == 1:
+            logger.info("%s %s, which Get Lead Activities cannot serve: it is read through "
+                        "bulk export.", names[0], reason)
+            continue
+        plural_reason = reason.replace("selects", "select", 1).replace("has", "have", 1)
+        logger.info("%d streams %s, which Get Lead Activities cannot serve: they are read "
+                    "through bulk export: %s.", len(names), plural_reason, _names(names))
 
 
 def log_resume(streams: list[ActivityStream], settings: Settings) -> None:
