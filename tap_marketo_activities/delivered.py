@@ -45,10 +45,15 @@ class DeliveredMemory:
         """Remember `guid` until every stream has settled past `tag` (a GUID already kept
         under another tag stays there as well: the later tag keeps it)."""
         self.seen.add(guid)
+        self.bucket(tag).add(guid)
+
+    def bucket(self, tag: str) -> set[str]:
+        """The GUIDs kept under `tag`, to add to in place (the record path's hot loop adds
+        each to `seen` as well)."""
         bucket = self.buckets.get(tag)
         if bucket is None:
             bucket = self.buckets[tag] = set()
-        bucket.add(guid)
+        return bucket
 
     def prune(self, settled: str) -> int:
         """Drop every bucket whose tag is at or before `settled` (the earliest `settled`
@@ -64,7 +69,7 @@ class DeliveredMemory:
 
     def saved(self) -> dict[str, dict[str, Any]]:
         """The JSON-safe form for the state."""
-        return {tag: encode(guids) for tag, guids in sorted(self.buckets.items())}
+        return {tag: encode(guids) for tag, guids in sorted(self.buckets.items()) if guids}
 
     @classmethod
     def from_state(cls, saved: Any) -> DeliveredMemory:

@@ -11,6 +11,8 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable
 
+from tap_marketo_activities.schema import STREAM_PREFIX
+
 MINUTE, HOUR, DAY = 60, 3600, 86400
 
 
@@ -27,6 +29,12 @@ def duration_text(seconds: float) -> str:
     else:
         big, unit, small, small_unit = whole // DAY, "d", whole % DAY // HOUR, "h"
     return f"{big} {unit} {small} {small_unit}" if small else f"{big} {unit}"
+
+
+def type_label(stream_name: str) -> str:
+    """'activities_send_email' -> 'Send Email': the type's name as its stream spells it."""
+    words = stream_name.removeprefix(STREAM_PREFIX).split("_")
+    return " ".join(word.capitalize() for word in words if word)
 
 
 def late_line(late: Iterable[tuple[str, float]]) -> str:
