@@ -176,14 +176,16 @@ class RecordPath:
 
     def __init__(self, batch_config: BatchConfig | None,
                  on_progress: Callable[[], None] = lambda: None,
-                 memory: DeliveredMemory | None = None, remember_after: str = "") -> None:
+                 memory: DeliveredMemory | None = None,
+                 remember_after: str | None = None) -> None:
         self.batch_config = batch_config
         self.on_progress = on_progress  # called every PROGRESS_ROWS rows
         self.feeds: dict[str, StreamFeed] = {}
         self.memory = DeliveredMemory() if memory is None else memory
         # A window that ends at or before this instant (the run's time less the lookback)
         # settles with this run: no later read reaches it, so its records are not
-        # remembered (a backfill costs the memory nothing).
+        # remembered (a backfill costs the memory nothing). None: nothing is remembered
+        # (no lookback: lookback_hours 0, or --test).
         self.remember_after = remember_after
 
     def feed(self, stream: ActivityStream) -> StreamFeed:
@@ -224,7 +226,8 @@ class RecordPath:
         stream, as the rows of the others go on."""
         # Every record this window delivers is dated before `upper`: no read whose range
         # ends at or after `upper` returns it again, so `upper` is its tag.
-        kept = self.memory.bucket(upper) if upper > self.remember_after else None
+        after = self.remember_after
+        kept = self.memory.bucket(upper) if after is not None and upper > after else None
         while True:
             try:
                 self._rows(rows, feeds, upper, out, kept)

@@ -47,7 +47,7 @@ def row(guid: str, date: str) -> dict[str, Any]:
 
 
 def deliver(stream: ActivityStream, rows: list[tuple[str, str]], memory: DeliveredMemory,
-            remember_after: str = "") -> Any:
+            remember_after: str | None = "") -> Any:
     path = RecordPath(None, memory=memory, remember_after=remember_after)
     builder = stream.builder()
     delivered = path.deliver(((builder, row(g, d)) for g, d in rows), {builder: stream}, WINDOW)
@@ -79,9 +79,10 @@ def test_what_a_window_delivers(stream: ActivityStream, rows: list[tuple[str, st
     ("", {"1"}), ("2024-01-02T10:59:59Z", {"1"}),
     (UPPER, set()),  # the window settles with this run: no later read reaches it
     ("2024-02-01T00:00:00Z", set()),
+    (None, set()),  # no lookback
 ])
 def test_a_window_that_settles_with_the_run_is_not_remembered(
-        stream: ActivityStream, remember_after: str, kept: set[str]) -> None:
+        stream: ActivityStream, remember_after: str | None, kept: set[str]) -> None:
     memory = DeliveredMemory()
     deliver(stream, [("1", LOWER)], memory, remember_after)
     assert stream.written == ["1"]  # type: ignore[attr-defined]
