@@ -18,9 +18,12 @@ ten-digit GUIDs, even spread over the whole ten-digit range, take about 350 KB.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from tap_marketo_activities.instants import isoformat
 
 MEMORY_STATE_KEY = "marketo_delivered"  # {tag: {"ids": base64 text, "other": [guid, ...]}}
 
@@ -80,6 +83,16 @@ class DeliveredMemory:
         if not isinstance(saved, Mapping):
             raise ValueError(f"{MEMORY_STATE_KEY} must be an object of buckets")
         return cls({str(tag): decode(bucket) for tag, bucket in saved.items()})
+
+
+def settled_after(old: str | None, bookmark: str, now: dt.datetime, lookback_hours: int
+                  ) -> str:
+    """A stream's `settled` after a run at `now` delivered it up to `bookmark`: nothing
+    before it can still change, max(old, min(bookmark, now - lookback)). A state without
+    one (an older version's, or by hand) is settled at its bookmark: nothing re-read."""
+    if old is None:
+        return bookmark
+    return max(old, min(bookmark, isoformat(now - dt.timedelta(hours=lookback_hours))))
 
 
 def encode(guids: Iterable[str]) -> dict[str, Any]:

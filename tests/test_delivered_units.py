@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 import timeit
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tap_marketo_activities.delivered import DeliveredMemory, decode, encode
+from tap_marketo_activities.delivered import DeliveredMemory, decode, encode, settled_after
 from tap_marketo_activities.lateness import duration_text, late_line
 
 T1, T2, T3 = "2024-02-10T00:01:00Z", "2024-02-10T00:02:00Z", "2024-02-10T03:00:00Z"
@@ -97,6 +98,21 @@ def test_membership_is_a_set_lookup() -> None:
     looked_up = timeit.timeit(lambda: "700050000" in memory.seen, number=10_000)
     bare = timeit.timeit(lambda: "700050000" in plain, number=10_000)
     print(f"memory lookup {looked_up:.4f} s, plain set {bare:.4f} s for 10,000")
+
+
+NOW = dt.datetime(2024, 2, 10, 12, tzinfo=dt.timezone.utc)
+
+
+@pytest.mark.parametrize(("old", "bookmark", "hours", "settled"), [
+    (None, "2024-02-10T12:00:00Z", 4, "2024-02-10T12:00:00Z"),  # no settled yet: its bookmark
+    ("2024-02-10T06:00:00Z", "2024-02-10T12:00:00Z", 4, "2024-02-10T08:00:00Z"),
+    ("2024-02-10T06:00:00Z", "2024-02-10T12:00:00Z", 0, "2024-02-10T12:00:00Z"),
+    ("2024-02-10T06:00:00Z", "2024-01-01T00:00:00Z", 4, "2024-02-10T06:00:00Z"),  # never back
+    ("2024-01-01T00:00:00Z", "2024-01-20T00:00:00Z", 4, "2024-01-20T00:00:00Z"),  # backfill
+    ("2024-02-10T06:00:00Z", "2024-02-10T12:00:00Z", 2160, "2024-02-10T06:00:00Z"),
+])
+def test_settled_after_a_run(old: str | None, bookmark: str, hours: int, settled: str) -> None:
+    assert settled_after(old, bookmark, NOW, hours) == settled
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
