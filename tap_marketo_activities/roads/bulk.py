@@ -161,8 +161,9 @@ class BulkRoad:
         rows = read_records(done.path, planned.spec.export_format, builders, problems,
                             dict(planned.spec.header_names), planned.spec.fields)
         window = Window(planned.spec.start, planned.spec.end)
-        floors = {s.name: isoformat(max(planned.spec.start, self.floors[s.name]))
-                  for s in served if s.name in self.floors and planned.direction == FORWARD}
+        floors = {s.name: isoformat(self.floors[s.name]) for s in served
+                  if planned.direction == FORWARD and s.name in self.floors
+                  and self.floors[s.name] > planned.spec.start}
         delivered = self.ctx.path.deliver(routes.rows(rows), routes.streams, window, floors)
         check_whole(problems, done.records)
         if problems.counts:

@@ -76,7 +76,8 @@ class RestRoad:
                 progress.now_and_then()
 
         delivered: Delivered | None = None
-        floors = {s.name: isoformat(read.floor(s.name)) for s in streams}
+        floors = {s.name: isoformat(read.floor(s.name)) for s in streams
+                  if read.floor(s.name) > read.start}
         try:
             delivered = self.ctx.path.deliver(routes.rows(rows()), routes.streams, window,
                                               floors)
