@@ -6,16 +6,21 @@ RecordBuilder, and this module hands each record to its own stream's SDK record 
 (`Stream._sync_records`, driven one record at a time). So stream maps, flattening, BATCH
 messages, `--test`'s record limit and the record counts behave alike for every source.
 
-A window is half-open, [lower, upper): a row stamped exactly at `upper` belongs to the next
+A window is half-open, [lower, upper): a row stamped at or after `upper` belongs to the next
 window (of this run, or of the next run, which starts at the bookmark `upper`), so no row
-is delivered by two windows, whatever a source's end bound includes.
+is delivered by two windows, whatever a source's end bound includes. A row stamped before
+`lower` is never dropped for its date: Marketo may commit an activity after later ones
+(a late Send Email, a backdated visit), and a read by commit time hands it over in a window
+after its date. It is delivered unless the memory of delivered activities (delivered.py)
+holds it, as is every row of the window: a re-read of the lookback delivers only what it
+did not deliver before.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from singer_sdk.batch import Batcher
@@ -23,10 +28,11 @@ from singer_sdk.exceptions import AbortedSyncFailedException, AbortedSyncPausedE
 from typing_extensions import override
 
 from tap_marketo_activities.client import MarketoError
-from tap_marketo_activities.instants import isoformat
+from tap_marketo_activities.delivered import DeliveredMemory
+from tap_marketo_activities.instants import isoformat, parse_datetime
 from tap_marketo_activities.output import OutputClosed
 from tap_marketo_activities.records import FileRejected, RecordBuilder
-from tap_marketo_activities.schema import REPLICATION_KEY
+from tap_marketo_activities.schema import KEY, REPLICATION_KEY
 from tap_marketo_activities.streams import ActivityStream
 
 if TYPE_CHECKING:
@@ -74,7 +80,12 @@ class Delivered:
     """What one window's rows came to."""
 
     records: dict[str, int]  # stream name -> records written
-    at_upper_edge: int = 0  # rows stamped at the window's end: the next window's
+    at_upper_edge: int = 0  # rows stamped at or after the window's end: the next window's
+    seen_before: int = 0  # rows the memory holds: delivered by an earlier read
+    below_floor: int = 0  # rows before their stream's own start, in a read it shares
+    # (stream name, seconds) of each record dated before its stream's bookmark at the start
+    # of the run, a late activity, and how far before that bookmark it lies
+    late: list[tuple[str, float]] = field(default_factory=list)
 
 
 class Batches:
@@ -116,11 +127,32 @@ class StreamFeed:
         self.loop: Iterator[dict] = stream._sync_records(write_messages=self.batches is None)
         self.open = True  # False once --test's record limit ended it
         self.records = 0  # written in the window being delivered
+        # In a read shared with streams at older bookmarks: this stream's own start. What is
+        # dated before it was this stream's earlier reads' (plan.Read.floors); "" elsewhere.
+        self.floor = ""
+        # Opened before any of the run's windows moves the stream's bookmark: a record dated
+        # before this one arrived late ("" when there is none yet: nothing is late).
+        self.bookmark: str = stream.stream_state.get("replication_key_value") or ""
+        # What the memory knows a record by: its marketoGUID, or the whole primary key of a
+        # stream whose records share one (merged_leads: one per lead merged away).
+        keys = tuple(stream.primary_keys or (KEY,))
+        self.key_columns: tuple[str, ...] | None = None if keys == (KEY,) else keys
+
+    def key_of(self, record: dict[str, Any]) -> str:
+        assert self.key_columns is not None
+        return "/".join(str(record.get(column)) for column in self.key_columns)
 
     def put(self, record: dict[str, Any]) -> None:
-        """Raises one of ABORTED once --test's record limit is reached."""
+        """Raises one of ABORTED once --test's record limit is reached (the feed is closed
+        then), a stream map's failure as StreamMapFailed."""
         self.stream.fed = record
-        out = next(self.loop)
+        try:
+            out = next(self.loop)
+        except ABORTED:
+            self.open = False  # --test's one record per stream is out
+            raise
+        except Exception as exc:
+            _raise_named(self, exc)
         self.records += 1
         if self.batches is not None:
             self.batches.add(out)
@@ -147,10 +179,18 @@ class RecordPath:
     """Every stream's feed, and the one loop that hands each row to its stream."""
 
     def __init__(self, batch_config: BatchConfig | None,
-                 on_progress: Callable[[], None] = lambda: None) -> None:
+                 on_progress: Callable[[], None] = lambda: None,
+                 memory: DeliveredMemory | None = None,
+                 remember_after: str | None = None) -> None:
         self.batch_config = batch_config
         self.on_progress = on_progress  # called every PROGRESS_ROWS rows
         self.feeds: dict[str, StreamFeed] = {}
+        self.memory = DeliveredMemory() if memory is None else memory
+        # A window that ends at or before this instant (the run's time less the lookback)
+        # settles with this run: no later read reaches it, so its records are not
+        # remembered (a backfill costs the memory nothing). None: nothing is remembered
+        # (no lookback: lookback_hours 0, or --test).
+        self.remember_after = remember_after
 
     def feed(self, stream: ActivityStream) -> StreamFeed:
         """The stream's feed, opened (SCHEMA written) on first use."""
@@ -164,58 +204,86 @@ class RecordPath:
         return not self.feeds or any(feed.open for feed in self.feeds.values())
 
     def deliver(self, rows: Rows, streams: Mapping[RecordBuilder, ActivityStream],
-                window: Window) -> Delivered:
-        """Every row of [lower, upper) to its stream; the window's BATCH files flushed.
-        Rows stamped before the window's start or at/after its end are not its own."""
+                window: Window, floors: Mapping[str, str] | None = None) -> Delivered:
+        """Every row stamped before the window's end that the memory does not hold, to its
+        stream, and remembered; the window's BATCH files flushed. Rows stamped at or after
+        its end are the next window's; `floors`: streams sharing this read from an older
+        start take only what lies from their own start on."""
         feeds = {builder: self.feed(stream) for builder, stream in streams.items()}
         for feed in feeds.values():
             feed.records = 0
+            feed.floor = (floors or {}).get(feed.stream.name, "")
             feed.stream.extracted_at = dt.datetime.now(dt.timezone.utc)
+        delivered = Delivered({})
         try:
-            outside = self._deliver(iter(rows), feeds, window.lower, window.upper)
+            self._deliver(iter(rows), feeds, window.upper, delivered)
         finally:
             for feed in feeds.values():
                 feed.stream.records_written += feed.records  # also of a window cut short
         for feed in feeds.values():
             feed.end_window()
-        return Delivered({f.stream.name: f.records for f in feeds.values()}, outside)
+        delivered.records = {f.stream.name: f.records for f in feeds.values()}
+        return delivered
 
     def _deliver(self, rows: Iterator[tuple[RecordBuilder, dict[str, Any]]],
-                 feeds: Mapping[RecordBuilder, StreamFeed], lower: str, upper: str) -> int:
-        """The hot loop; returns the rows outside the window. Resumed after --test's record
-        limit closes a stream, as the rows of the others go on."""
-        outside = count = 0
-        feed: StreamFeed | None = None
+                 feeds: Mapping[RecordBuilder, StreamFeed], upper: str,
+                 out: Delivered) -> None:
+        """The hot loop, counting into `out`. Resumed after --test's record limit closes a
+        stream, as the rows of the others go on."""
+        # Every record this window delivers is dated before `upper`: no read whose range
+        # ends at or after `upper` returns it again, so `upper` is its tag.
+        after = self.remember_after
+        kept = self.memory.bucket(upper) if after is not None and upper > after else None
         while True:
             try:
-                for builder, record in rows:
-                    feed = feeds[builder]
-                    stamp = record[REPLICATION_KEY]
-                    if not lower <= stamp < upper:
-                        outside += 1
-                    elif feed.open:
-                        feed.put(record)
-                        count += 1
-                        if not count % PROGRESS_ROWS:
-                            self.on_progress()
-                return outside
+                self._rows(rows, feeds, upper, out, kept)
+                return
             except ABORTED:
-                assert feed is not None
-                feed.open = False  # --test's one record per stream is out
                 if not any(f.open for f in feeds.values()):
-                    return outside  # the rest of the source is not worth reading
-            except Exception as exc:
-                _raise_named(feed, exc)
+                    return  # the rest of the source is not worth reading
+
+    def _rows(self, rows: Iterator[tuple[RecordBuilder, dict[str, Any]]],
+              feeds: Mapping[RecordBuilder, StreamFeed], upper: str, out: Delivered,
+              kept: set[str] | None) -> None:
+        seen, late, on_progress = self.memory.seen, out.late, self.on_progress
+        count = 0
+        for builder, record in rows:
+            feed = feeds[builder]
+            stamp = record[REPLICATION_KEY]
+            if stamp >= upper:
+                out.at_upper_edge += 1
+                continue
+            if stamp < feed.floor:
+                out.below_floor += 1
+                continue
+            key = record[KEY] if feed.key_columns is None else feed.key_of(record)
+            if key in seen:
+                out.seen_before += 1
+            elif feed.open:
+                feed.put(record)
+                if kept is not None:
+                    seen.add(key)
+                    kept.add(key)
+                if stamp < feed.bookmark:  # rare: parsed only then
+                    late.append((feed.stream.name, lateness(stamp, feed.bookmark)))
+                count += 1
+                if not count % PROGRESS_ROWS:
+                    on_progress()
 
     def finish(self) -> None:
         for feed in self.feeds.values():
             feed.finish()
 
 
-def _raise_named(feed: StreamFeed | None, exc: Exception) -> NoReturn:
+def lateness(stamp: str, bookmark: str) -> float:
+    """Seconds from an activity's date to the bookmark it arrived after."""
+    return (parse_datetime(bookmark) - parse_datetime(stamp)).total_seconds()
+
+
+def _raise_named(feed: StreamFeed, exc: Exception) -> NoReturn:
     """A failure while a stream's record was written: a stream map's or the SDK's is
     named after its stream; our own errors and a closed output pass as they are."""
-    if isinstance(exc, OutputClosed | MarketoError | FileRejected) or feed is None or \
+    if isinstance(exc, OutputClosed | MarketoError | FileRejected) or \
             feed.stream.plain_output:
         raise exc
     raise StreamMapFailed(feed.stream.name, exc) from exc

@@ -151,10 +151,8 @@ class ExportQuota:
         if left_bytes <= 0:
             return (f"Backfill plan: nothing left to export for {plural(streams, 'stream')}: "
                     "the backfill is done.")
-        today = max(0.0, self.cap_bytes - self.used_bytes)
-        if today < WORTH_A_JOB * self.cap_bytes:
-            today = 0.0  # today is over
-        more = math.ceil(max(0.0, left_bytes - today) / self.cap_bytes)
+        today = self.room_today()
+        more = self.runs_after_today(left_bytes)
         finish = central_midnight(now) + dt.timedelta(days=more)
         if today:
             runs = more + 1
@@ -165,6 +163,15 @@ class ExportQuota:
                 f"{plural(streams, 'stream')}; at max_export_mb_per_day="
                 f"{self.cap_bytes / MB:g} that is {when}, finishing around "
                 f"{finish:%Y-%m-%d} (US Central), if other tools leave the quota alone.")
+
+    def room_today(self) -> float:
+        """What is left of today's cap, or 0 when that is too little for a job."""
+        today = max(0.0, self.cap_bytes - self.used_bytes)
+        return 0.0 if today < WORTH_A_JOB * self.cap_bytes else today
+
+    def runs_after_today(self, left_bytes: float) -> int:
+        """The daily runs after today that exporting `left_bytes` takes."""
+        return math.ceil(max(0.0, left_bytes - self.room_today()) / self.cap_bytes)
 
     def cap_reached(self, now: dt.datetime) -> str:
         return (f"This tap's daily export cap is reached: {mb(self.used_bytes)} of "

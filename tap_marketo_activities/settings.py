@@ -25,6 +25,7 @@ MAX_WINDOW_DAYS = 31  # Marketo refuses a createdAt range over 31 days
 EXPORT_FORMATS = ("CSV", "TSV", "SSV")
 BACKFILL_ORDERS = ("oldest_first", "newest_first")
 REST_INCREMENTS = ("auto", "off", "always")
+MAX_LOOKBACK_HOURS = 2160  # 90 days: how long Munchkin keeps an anonymous visitor's visits
 
 
 def _number_type(minimum: float, maximum: float) -> th.CustomType:
@@ -125,6 +126,20 @@ CONFIG_SCHEMA = th.PropertiesList(
                             "tap makes per US Central day, counted across runs in the state. "
                             "Marketo allows 50,000 API calls a day per instance, shared by "
                             "every integration. 0 turns REST reads off."),
+    # 4 hours: Send Email, the bulk of what comes late, is committed within minutes (an
+    # hour or two for a big send: Marketo's own example of a 2-hourly pull missed a quarter
+    # of the sends), and a visitor who becomes known mostly does so in the session of its
+    # visits. Each run re-reads this much: hourly runs read 5 hours instead of 1. Munchkin's
+    # 90 days would cost 2,160 hours of reading a run (docs/late-activities.md).
+    th.Property("lookback_hours", th.IntegerType(minimum=0, maximum=MAX_LOOKBACK_HOURS),
+                default=4, title="Lookback (hours)",
+                description="Every run reads again the last this many hours before each "
+                            "stream's bookmark and delivers only the activities it has not "
+                            "delivered before: Marketo commits some activities after later "
+                            "ones (Send Email minutes late, Munchkin visits and custom "
+                            "activities with older dates). 0 to 2160 (90 days); 0 turns it "
+                            "off. It costs calls or export MB on every run; see "
+                            "docs/late-activities.md."),
     th.Property("heartbeat_seconds", _number_type(1, 3600), default=60, title="Heartbeat",
                 description="While export jobs are queued or processing, an INFO line this "
                             "often says what each is doing and the time left."),
@@ -185,6 +200,7 @@ class Settings:
     heartbeat_seconds: float
     rest_increments: str
     max_rest_calls_per_day: int
+    lookback_hours: int
     primary_filters: Mapping[int, PrimaryFilter] = field(default_factory=dict)
     raw_files_dir: Path | None = None
     column_header_names: Mapping[str, str] = field(default_factory=dict)
@@ -332,6 +348,7 @@ def parse_settings(config: Mapping[str, Any], now: dt.datetime | None = None) ->
         heartbeat_seconds=_number(config, "heartbeat_seconds"),
         rest_increments=_choice(config, "rest_increments", str.lower),
         max_rest_calls_per_day=_integer(config, "max_rest_calls_per_day"),
+        lookback_hours=_integer(config, "lookback_hours"),
         primary_filters=parse_primary_filters(config.get("primary_attribute_filters")),
         raw_files_dir=_writable_folder("raw_files_dir", config.get("raw_files_dir")),
         column_header_names=_header_names(config.get("raw_files_column_header_names")),

@@ -59,7 +59,8 @@ class ActivityStream(Stream):
         super().__init__(tap, schema=schema, name=name)
         self.tap_of_stream = tap  # the message writer's owner (not Stream._tap: SDK-private)
         self.type_id = type_id_of(schema) if type_id is None else type_id
-        self.windows_done = 0
+        self.windows_done = 0  # export windows delivered
+        self.rest_reads = 0  # Get Lead Activities reads delivered whole
         self.records_written = 0
         self.fed: dict[str, Any] | None = None  # the record the one pass hands over next
         self.extracted_at = dt.datetime.now(dt.timezone.utc)
@@ -160,7 +161,6 @@ class ActivityStream(Stream):
             state.setdefault("replication_key_value", isoformat(upper))
         else:
             self.reached(isoformat(upper))
-        self.windows_done += 1
 
     def reached(self, upper: str) -> None:
         """Every record before `upper` is written (a REST read's progress)."""

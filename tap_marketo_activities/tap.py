@@ -34,8 +34,8 @@ from tap_marketo_activities.client import (
     Pacer,
     excerpt,
 )
+from tap_marketo_activities.coordinator import OnePass, Outcome
 from tap_marketo_activities.delivery import StreamMapFailed
-from tap_marketo_activities.increments import REST_STATE_KEY
 from tap_marketo_activities.inputs import first_problem
 from tap_marketo_activities.merges import MERGED_LEADS, MergedLeadsStream
 from tap_marketo_activities.output import OutputClosed, RecordBufferingWriter, Terminated
@@ -55,8 +55,8 @@ from tap_marketo_activities.settings import (
     parse_settings,
     unknown_settings,
 )
+from tap_marketo_activities.state import our_part
 from tap_marketo_activities.streams import ActivityStream, DeletedLeadStream
-from tap_marketo_activities.sync import EXPORTS_STATE_KEY, SIZES_STATE_KEY, OnePass, Outcome
 from tap_marketo_activities.text import plural
 
 logger = logging.getLogger(__name__)
@@ -187,10 +187,7 @@ class TapMarketoActivities(Tap):
     @override
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
-        # The SDK keeps only `bookmarks`.
-        for key in (EXPORTS_STATE_KEY, SIZES_STATE_KEY, REST_STATE_KEY):
-            if state.get(key):
-                self.raw_state[key] = state[key]
+        self.raw_state.update(our_part(state))  # the SDK keeps only `bookmarks`
 
     @property
     def raw_state(self) -> dict[str, Any]:
@@ -276,23 +273,25 @@ class TapMarketoActivities(Tap):
 
     def _log_summary(self, streams: list[ActivityStream], outcome: Outcome,
                      elapsed: float) -> None:
-        rows = [(s.name, s.records_written, s.windows_done) for s in streams if s.selected]
+        rows = [(s.name, s.records_written, s.windows_done, s.rest_reads) for s in streams
+                if s.selected]
         if not rows:
             return
         width = max([len(r[0]) for r in rows] + [6])
         if self.dry_run:  # no bookmark moves: windows and the plan would say otherwise
             lines = [f"{'stream':<{width}} {'records':>9}"]
-            lines += [f"{name:<{width}} {records:>9}" for name, records, _ in rows]
+            lines += [f"{name:<{width}} {records:>9}" for name, records, _, _ in rows]
             lines.append("A test run: at most one record per stream, no bookmark moved.")
         else:
-            lines = [f"{'stream':<{width}} {'records':>9} {'windows':>8}"]
-            lines += [f"{name:<{width}} {records:>9} {windows:>8}"
-                      for name, records, windows in rows]
+            # windows: export files read; reads: Get Lead Activities reads delivered whole
+            lines = [f"{'stream':<{width}} {'records':>9} {'windows':>8} {'reads':>6}"]
+            lines += [f"{name:<{width}} {records:>9} {windows:>8} {reads:>6}"
+                      for name, records, windows, reads in rows]
         lines.append(f"{plural(outcome.jobs, 'export job')}, "
                      f"{outcome.downloaded_bytes / MB:.2f} MB downloaded, "
                      f"{outcome.quota_used_bytes / MB:.2f} MB of export quota used today; "
-                     f"{plural(outcome.rest_windows, 'REST increment')}, "
-                     f"{plural(outcome.rest_calls, 'Get Lead Activities call')} "
+                     f"{plural(outcome.rest_reads, 'Get Lead Activities read')} of "
+                     f"{plural(outcome.rest_calls, 'call')} "
                      f"({outcome.rest_used_today} of max_rest_calls_per_day="
                      f"{outcome.rest_budget} used today); "
                      f"{plural(self.client.calls, 'API call')} in all, {elapsed:.1f} s.")

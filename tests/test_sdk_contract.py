@@ -8,6 +8,7 @@ fails a named test instead of a whole sync (or, worse, a sync that seems to work
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 import json
 import signal
@@ -22,6 +23,8 @@ from singer_sdk.exceptions import AbortedSyncFailedException, AbortedSyncPausedE
 from singer_sdk.mapper import SameRecordTransform
 from singer_sdk.singerlib import RecordMessage, SchemaMessage
 
+from tap_marketo_activities.delivery import RecordPath, Window
+from tap_marketo_activities.records import RecordBuilder
 from tap_marketo_activities.schema import KEY, REPLICATION_KEY, activity_schema
 from tap_marketo_activities.settings import SettingsError
 from tap_marketo_activities.streams import ActivityStream
@@ -334,3 +337,21 @@ def test_tap_run_sync_dry_run() -> None:
     ours = parameters(TapMarketoActivities.run_sync_dry_run)
     assert list(ours) == list(names)
     assert [p.default for p in ours.values()] == [p.default for p in names.values()]
+
+
+def test_stream_sync_records_errors_are_told_from_a_sources(
+        stream: ActivityStream, written: list[Any]) -> None:
+    """Issue 23, corner 8: the record path names a failure after its stream only when the
+    SDK's record loop (`_sync_records`, with its maps) raised it; an error the source
+    raises passes as it is, not as 'the stream map failed'."""
+    builder = stream.builder()
+    window = Window(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+                    dt.datetime(2024, 1, 3, tzinfo=dt.timezone.utc))
+
+    def rows() -> Iterator[tuple[RecordBuilder, dict[str, Any]]]:
+        yield builder, record("1")
+        raise RuntimeError("the source broke")
+
+    with pytest.raises(RuntimeError, match="the source broke"):
+        RecordPath(None).deliver(rows(), {builder: stream}, window)
+    assert any(isinstance(m, RecordMessage) for m in written), "the row before it went out"

@@ -13,6 +13,7 @@ from typing import Any
 
 from .core import Sandbox
 from .data import format_time, to_time
+from .late import ORDERS
 
 ACTIVITIES_PER_DAY = 2880  # one every 30 s: a few minutes' increment is never empty
 LIVE_DAYS = 28
@@ -62,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="activities stop before this date, ISO-8601, or 'now' (the "
                              "default): live data up to the clock, where export windows "
                              "and Get Lead Activities show only what is before now")
+    parser.add_argument("--late", action="store_true",
+                        help="some activities are committed after their activityDate and "
+                             "seen only from then on: a third of Send Email 1-20 minutes "
+                             "late, an eighth of Visit Webpage 1-6 hours, a quarter of "
+                             "Attended Trade Show (custom) 1-12 hours")
+    parser.add_argument("--bulk-by", choices=ORDERS, default="date",
+                        help="with --late: what an export's createdAt filter selects by, "
+                             "activityDate or commit time (default %(default)s)")
+    parser.add_argument("--rest-order", choices=ORDERS, default="date",
+                        help="with --late: Get Lead Activities pages in activityDate or in "
+                             "commit order; in commit order a paging token from "
+                             "sinceDatetime X starts at commit time X (default %(default)s)")
     parser.add_argument("--config-out", default=None, metavar="FILE",
                         help="write a tap config for this sandbox (client_id, client_secret, "
                              "base_url, start_date) to FILE as JSON; with live data "
@@ -114,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sandbox = Sandbox(seed=args.seed, data_start=data_start, data_end=args.data_end,
                       activities_per_day=args.activities_per_day,
-                      job_latency=args.job_latency, port=args.port)
+                      job_latency=args.job_latency, port=args.port, late=args.late,
+                      bulk_by=args.bulk_by, rest_order=args.rest_order)
     base_url = sandbox.start()
     try:
         if args.config_out:

@@ -11,6 +11,7 @@ from typing import Any
 from .catalog import activity_types
 from .data import Dataset, matches, to_time
 from .jobs import OURS, JobBoard
+from .late import Late, key_of
 from .limits import CallLimits, Faults
 from .rest import rest_form
 from .server import SandboxServer
@@ -42,11 +43,17 @@ class Sandbox:
         ssv_delimiter: str = ";",
         merge_ids: str = "brackets",
         bad_merge_ids_every: int = 0,
+        late: bool = False,
+        bulk_by: str = "date",
+        rest_order: str = "date",
     ) -> None:
         """data_end None (or "now"): live data, up to the clock; activities keep appearing.
         merge_ids: how Merge Leads write `Merge IDs` (merges.MERGE_IDS_STYLES: "brackets"
         `[1,2]` as Marketo, "plain" `1,2`, "spaced" `[1, 2]`, "mixed" the three in turn);
-        bad_merge_ids_every N: every Nth merge writes a value that is no list of integers."""
+        bad_merge_ids_every N: every Nth merge writes a value that is no list of integers.
+        late: some activities are committed after their date (late.py), and shown only
+        from then on; bulk_by "date" or "commit": what the createdAt filter selects by;
+        rest_order "date" or "commit": how Get Lead Activities pages."""
         self.data_start = data_start
         self.end_inclusive = end_inclusive
         self.port = port
@@ -63,6 +70,8 @@ class Sandbox:
         limits = CallLimits(rate_limit_calls, rate_limit_window, concurrency_limit,
                             daily_call_limit)
         self.service = Service(seed, self.dataset, settings, limits, self.board, self.lock)
+        self.late = Late(self.dataset, late, bulk_by, rest_order)
+        self.service.log.late = self.late
         self.server: SandboxServer | None = None
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -166,6 +175,28 @@ class Sandbox:
 
     def expected_deleted_leads(self, since: str) -> list[dict[str, Any]]:
         return self.service.deleted.expected(since)
+
+    # ---- late activities and the clock --------------------------------------------
+
+    def set_clock(self, clock: str | datetime | None) -> None:
+        """Only what is committed before `clock` can be seen (None: the data's end, or
+        the real clock for live data): a chain of runs moves it on between runs."""
+        with self.lock:
+            self.dataset.clock = None if clock is None else to_time(clock)
+
+    def visible_at(self, clock: str | datetime, type_ids: list[int] | None = None
+                   ) -> list[dict[str, Any]]:
+        """Every activity (not Delete Lead) committed before `clock`, in commit order."""
+        wanted = frozenset(type_ids) if type_ids else None
+        with self.lock:
+            return [self.dataset.activity(key) for key in self.late.visible_at(to_time(clock))
+                    if wanted is None or self.dataset.type_id(key) in wanted]
+
+    def committed_at(self, guid: str) -> str | None:
+        """When the activity with this marketoGUID was committed (its activityDate unless
+        it is late); None for a GUID of no activity."""
+        key = key_of(self.dataset, guid)
+        return None if key is None else self.late.committed_text(key)
 
     # ---- faults and stats ---------------------------------------------------------
 

@@ -13,6 +13,7 @@ from .dice import MASK, Dice, mix
 from .merges import Merges
 
 DAY = 86400
+MAIN_FIRST_GUID = 700000000  # marketoGUID of main-series activity 0, give or take the seed
 MERGE_KEY = 1 << 40  # key of merge k: MERGE_KEY + k; keys below it are main-series indices
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(Z|[+-]\d{2}:?\d{2})$")
 
@@ -108,12 +109,16 @@ class Dataset:
         self.midnight = self.start.replace(hour=0, minute=0, second=0)
         self.start_second = int((self.start - self.midnight).total_seconds())
         self.merges = Merges(seed, self.per_day, self.date_text, merge_ids, bad_merge_ids_every)
+        self.clock: datetime | None = None  # the sandbox's clock, when a test sets it
+
 
     def visible_span(self) -> int:
         """Seconds from data_start to the end of what can be seen now."""
-        if not self.live:
-            return self.span
-        return int((datetime.now(timezone.utc) - self.start).total_seconds())
+        span = self.span if not self.live else int(
+            (datetime.now(timezone.utc) - self.start).total_seconds())
+        if self.clock is not None:
+            span = min(span, max(0, int((self.clock - self.start).total_seconds())))
+        return span
 
     def count_at(self, span: int) -> int:
         return max(0, (span * self.per_day + DAY - 1) // DAY)
@@ -189,7 +194,7 @@ class Dataset:
         bits = mix(index ^ (self.salt << 24) ^ 0x5DEECE66D)
         campaign = None if bits % 4 == 0 else 1000 + (bits >> 2) % 20000
         lead_id = 100000 + (bits >> 20) % 900000
-        guid = str(700000000 + index * 7 + self.seed % 7)
+        guid = str(MAIN_FIRST_GUID + index * 7 + self.seed % 7)
         return guid, lead_id, self.date_text(self.offset(index)), campaign
 
     def date_text(self, offset: int) -> str:

@@ -40,6 +40,7 @@ class ExportSpec:
     foreign_rows: int = 0  # rows of a type not asked for
     merges: range = range(0)  # Merge Leads activities in the window (Dataset.merge_range)
     shape: FileShape = field(default_factory=FileShape)
+    keys: list[int] | None = None  # instead of indices and merges (late.Late.export_keys)
 
 
 @dataclass
@@ -262,7 +263,8 @@ def write_export(dataset: Dataset, spec: ExportSpec, path: str,
     digest = hashlib.sha256()
     spec = with_defect(spec)
     writer = RowWriter(dataset, spec)
-    keys = itertools.chain(spec.indices, (MERGE_KEY + k for k in spec.merges))
+    keys = spec.keys if spec.keys is not None else itertools.chain(
+        spec.indices, (MERGE_KEY + k for k in spec.merges))
     order = [key for key in keys if writer.wanted(key)]
     random.Random(spec.shuffle_seed).shuffle(order)
     planner = DirtyPlanner(spec.fields) if spec.dirty else None

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .data import MERGE_KEY, Dataset, log_order, to_time
 from .jobs import ApiError
 from .tokens import Token, decode, encode, numbers
+
+if TYPE_CHECKING:
+    from .late import Late
 
 MAX_TYPES = 10
 
@@ -47,6 +50,7 @@ class ActivityLog:
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        self.late: Late | None = None  # activities committed late (late.py), when on
 
     def position_at(self, instant: datetime) -> tuple[int, int]:
         offset = int((instant - self.dataset.start).total_seconds())
@@ -81,8 +85,13 @@ class ActivityLog:
 
     def page(self, text: str, type_ids: frozenset[int], size: int
              ) -> tuple[list[dict[str, Any]], str, bool]:
+        late = self.late
+        if late is not None and late.on and late.rest_order == "commit":
+            return late.page(text, type_ids, size)
         index, merge = self.position(text)
         keys, index, merge, more = self.walk(index, merge, size)
+        if late is not None and late.on:
+            keys = late.shown(keys)  # dated here, committed later: passed by for good
         dataset = self.dataset
         rows = [rest_form(dataset.activity(key)) for key in keys
                 if dataset.type_id(key) in type_ids]

@@ -404,6 +404,9 @@ class Service:
         self.check_quota()
         spec, start_at, end_at, type_ids = parse_create(
             body, self.dataset, self.settings.end_inclusive, self.settings.delimiters)
+        if self.log.late is not None and self.log.late.on:
+            spec.keys = self.log.late.export_keys(to_time(start_at), to_time(end_at),
+                                                  self.settings.end_inclusive)
         spec.shuffle_seed = self.id_rng.getrandbits(32)
         spec.dirty = self.faults.dirty_rows
         if self.faults.file_defect not in ("", *FILE_DEFECTS):
