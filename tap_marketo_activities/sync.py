@@ -36,6 +36,7 @@ from tap_marketo_activities.increments import (
     CallBudget,
     RestRead,
     call_cap,
+    count_daily_usage,
     groups_of,
 )
 from tap_marketo_activities.instants import isoformat
@@ -43,14 +44,11 @@ from tap_marketo_activities.merges import Routes
 from tap_marketo_activities.output import OutputClosed
 from tap_marketo_activities.quota import ExportQuota, mb, reset_text
 from tap_marketo_activities.records import (
-    REST_COLUMNS,
-    UNASKED_TYPE,
     FileRejected,
     Problems,
     RecordBuilder,
     check_whole,
     read_records,
-    rest_cells,
 )
 from tap_marketo_activities.rest import deleted_leads
 from tap_marketo_activities.scheduler import (
@@ -167,7 +165,10 @@ class OnePass:
         self._waiting_since: dict[int, float] = {}
         self.budget = CallBudget.from_state(settings.max_rest_calls_per_day,
                                             state.get(REST_STATE_KEY),
-                                            dt.datetime.now(dt.timezone.utc))
+                                            dt.datetime.now(dt.timezone.utc),
+                                            on_reserve=self.write_state)
+        self.final_state = False  # the budget's exact count: the last STATE of the run
+        self.usage_read = False
         self.rest_windows = 0
         self._bulk_only_said: set[str] = set()
 
@@ -219,10 +220,10 @@ class OnePass:
                            isoformat(now - DELETED_LEADS_KEPT))
         builder = stream.builder()
         problems = Problems(stream.name)
-        record_of = builder.bind(REST_COLUMNS, problems)
+        record_of = builder.bind_rest(problems)
         items = itertools.takewhile(lambda item: str(item.get(REPLICATION_KEY)) < window.upper,
                                     deleted_leads(self.client, window.start))
-        rows = ((builder, record_of(rest_cells(item), n)) for n, item in enumerate(items, 1))
+        rows = ((builder, record_of(item, n)) for n, item in enumerate(items, 1))
         self.path.deliver(rows, {builder: stream}, window)
         if problems.counts:
             logger.warning("%s had problems: %s", stream.name, problems.summary())
@@ -240,6 +241,9 @@ class OnePass:
         mode = self.settings.rest_increments
         if mode == "off":
             return
+        if not self.usage_read:
+            self.usage_read = True
+            count_daily_usage(self.client, self.budget)
         cohorts: dict[dt.datetime, list[ActivityStream]] = {}
         for stream in self._rest_streams():
             start = stream.start_instant(self.settings)
@@ -294,9 +298,9 @@ class OnePass:
         problems = Problems(f"Get Lead Activities {window.lower} .. {window.upper}")
         routes = Routes(streams, problems)
         builders = routes.builders
-        bound = {t: b.bind(REST_COLUMNS, problems) for t, b in builders.items()}
+        bound = {t: b.bind_rest(problems) for t, b in builders.items()}
         read = RestRead(self.client, self.budget, cap, window.start, window.upper,
-                        list(builders))
+                        list(builders), problems)
         members = [[s for s in streams if s.type_id in group.types] for group in read.groups]
         calls_before = self.budget.run_calls
         last_checkpoint = [time.monotonic()]
@@ -311,11 +315,8 @@ class OnePass:
                 for activity in activities:
                     number += 1
                     problems.rows = number
-                    type_id = activity.get("activityTypeId")
-                    if type_id not in bound:
-                        problems.report(UNASKED_TYPE, number, f"type {type_id!r}", limit=1)
-                        continue
-                    yield builders[type_id], bound[type_id](rest_cells(activity), number)
+                    type_id = activity["activityTypeId"]  # of the read's types: it sifts
+                    yield builders[type_id], bound[type_id](activity, number)
                 if time.monotonic() - last_checkpoint[0] >= CHECKPOINT_SECONDS:
                     checkpoint()
 
@@ -501,7 +502,7 @@ class OnePass:
     def write_state(self) -> None:
         """One STATE: every stream's bookmark, our jobs still needed, the learnt sizes."""
         version = None
-        self.state[REST_STATE_KEY] = self.budget.saved()
+        self.state[REST_STATE_KEY] = self.budget.saved(final=self.final_state)
         if self.scheduler is not None:
             version, exports = self.scheduler.exports_for_state()
             if exports:
@@ -539,6 +540,10 @@ class OnePass:
     def close(self) -> None:
         """State first (what matters if we are killed next), then our jobs in Marketo are
         cancelled, then the state again without them."""
+        self.final_state = True
+        if self.scheduler is None and self.budget.run_calls:
+            with contextlib.suppress(OutputClosed):
+                self.write_state()
         if self.scheduler is not None:
             self.scheduler.stop.set()  # no job enqueued from here on, even one named below
             try:

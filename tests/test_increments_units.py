@@ -26,7 +26,7 @@ def budget(used: int = 0, rate: float | None = None, limit: int = 10_000) -> Cal
     saved = {"day": "2024-02-10", "calls": used}
     if rate is not None:
         saved["calls_per_hour"] = rate
-    return CallBudget.from_state(limit, saved, NOW)
+    return CallBudget.from_state(limit, saved, NOW, clock=lambda: NOW)
 
 
 def test_the_road_of_a_window() -> None:

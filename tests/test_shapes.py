@@ -17,13 +17,11 @@ from conftest import END, START, TapRun, config_for, run_tap
 from tap_marketo_activities.instants import isoformat, parse_datetime, utc_text
 from tap_marketo_activities.records import (
     INVALID_UTF8,
-    REST_COLUMNS,
     FileRejected,
     Problems,
     RecordBuilder,
     attributes_object,
     read_records,
-    rest_cells,
 )
 from tap_marketo_activities.sandbox import Sandbox
 from tap_marketo_activities.sandbox.limits import FileShape
@@ -131,8 +129,8 @@ def test_the_rest_path_converts_attributes_with_the_same_function(tmp_path: Path
         "primaryAttributeValue": "Keynote",
         "attributes": [{"name": n, "value": v} for n, v in ATTRIBUTES.items()]}
     builder = RecordBuilder("activities_attend_session", activity_schema(SESSION), None)
-    record_of = builder.bind(REST_COLUMNS, Problems("rest"))
-    assert record_of(rest_cells(item), 1) == {**canonical, "actionResult": None}
+    record_of = builder.bind_rest(Problems("rest"))
+    assert record_of(item, 1) == {**canonical, "actionResult": None}
     assert attributes_object(item["attributes"]) == ATTRIBUTES
     assert attributes_object([]) == {}
     assert attributes_object([{"value": 1}]) is None
