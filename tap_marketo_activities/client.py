@@ -111,7 +111,11 @@ class OddAnswer(RetriableError):
 
 
 class StillOdd(FatalError):
-    """An answer still odd after its retries: what was odd is in the message."""
+    """An answer still odd after its retries; `what`: the odd answer's own line."""
+
+    def __init__(self, message: str, what: str) -> None:
+        super().__init__(message)
+        self.what = what
 
 
 def excerpt(text: str | bytes, limit: int = EXCERPT_CHARS) -> str:
@@ -492,7 +496,7 @@ class MarketoClient:
             raise StillOdd(
                 f"{exc} (still so after {tried}). Marketo "
                 "is answering oddly: run again later; if it persists, report it to Marketo "
-                "support with this line."
+                "support with this line.", str(exc)
             ) from None
         except RetriableError as exc:
             if self.stopping.is_set():

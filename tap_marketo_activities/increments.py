@@ -38,7 +38,13 @@ from tap_marketo_activities.client import (
 from tap_marketo_activities.instants import isoformat
 from tap_marketo_activities.quota import central_midnight
 from tap_marketo_activities.records import UNASKED_TYPE, Problems
-from tap_marketo_activities.rest import TYPES_PER_READ, Page, daily_usage, lead_activities
+from tap_marketo_activities.rest import (
+    ODD_TRIES,
+    TYPES_PER_READ,
+    Page,
+    daily_usage,
+    lead_activities,
+)
 from tap_marketo_activities.schema import REPLICATION_KEY
 
 logger = logging.getLogger(__name__)
@@ -365,9 +371,11 @@ class RestRead:
         if not isinstance(error, StillOdd):
             return error
         edge = group.edge or isoformat(self.start)
-        return OddRead(f"Get Lead Activities answered oddly: {error}. The read of types "
-                       f"{','.join(map(str, group.types))} stopped at {edge}, the last point "
-                       "known complete.", group.types, edge)
+        return OddRead(f"Get Lead Activities answered oddly, still after {ODD_TRIES} tries: "
+                       f"{error.what}. The read of types {','.join(map(str, group.types))} "
+                       f"stopped at {edge}, the last point known complete, and goes on from "
+                       "there in the next run; if it persists, report it to Marketo support "
+                       "with this line.", group.types, edge)
 
     def _take(self, group: GroupProgress, sifted: Sifted) -> list[dict[str, Any]]:
         for guid in sifted.repeated:
