@@ -29,8 +29,9 @@ from tap_marketo_activities.increments import (
     RestRead,
 )
 from tap_marketo_activities.instants import parse_datetime
+from tap_marketo_activities.quota import CENTRAL
 from tap_marketo_activities.records import UNASKED_TYPE, Problems
-from tap_marketo_activities.rest import ODD_TRIES
+from tap_marketo_activities.rest import ODD_TRIES, daily_usage
 from tap_marketo_activities.sandbox import Sandbox
 from tap_marketo_activities.sandbox.odd import MALFORMED
 
@@ -49,14 +50,17 @@ def box() -> Iterator[Sandbox]:
         yield sandbox
 
 
+def client_for(box: Sandbox) -> MarketoClient:
+    return MarketoClient(box.base_url, box.config["client_id"], box.config["client_secret"],
+                         timeout=(3.0, 10.0), max_retry_seconds=20, pacer=Pacer(0.5))
+
+
 class Read:
     """What one RestRead delivered, and how it ended."""
 
     def __init__(self, box: Sandbox, start: str = START, types: list[int] | None = None,
                  cap: int = 1000) -> None:
-        client = MarketoClient(box.base_url, box.config["client_id"],
-                               box.config["client_secret"], timeout=(3.0, 10.0),
-                               max_retry_seconds=20, pacer=Pacer(0.5))
+        client = client_for(box)
         self.budget = CallBudget.from_state(10_000, None, dt.datetime.now(dt.timezone.utc))
         self.problems = Problems("test read", quiet=True)
         self.read = RestRead(client, self.budget, cap, parse_datetime(start), END,
@@ -168,6 +172,21 @@ def test_dates_with_offsets_and_a_stop_deliver_each_activity_once(box: Sandbox,
     rest = Read(box, start=edge)
     both = first.guids() + rest.guids()
     assert set(both) == set(expected(box)) and max(both.values()) == 1
+
+
+def test_the_sandbox_counts_the_day_s_calls_per_api_user(box: Sandbox) -> None:
+    client = client_for(box)
+    box.spend_calls(7)
+    box.spend_calls(100, user="other@example.com")
+    first = daily_usage(client)
+    assert client.api_user == "apiuser@sandbox.example"  # the token's scope
+    assert first.users == {client.api_user: 8, "other@example.com": 100}  # with this call
+    client.read("/rest/v1/activities/pagingtoken.json", {"sinceDatetime": START},
+                lambda envelope: envelope)
+    assert daily_usage(client).users[client.api_user] == 10
+    assert first.day == dt.datetime.now(CENTRAL).strftime("%Y-%m-%d")
+    with pytest.raises(ValueError, match="unknown odd answer"):
+        box.set_rest_odd("moreResult_maybe")
 
 
 # ---- the whole tap ----------------------------------------------------------------------

@@ -136,6 +136,37 @@ def test_the_rest_path_converts_attributes_with_the_same_function(tmp_path: Path
     assert attributes_object([{"value": 1}]) is None
 
 
+REST_ITEM: dict[str, Any] = {
+    "marketoGUID": "9", "leadId": 5, "activityDate": "2024-03-01T09:00:00Z",
+    "activityTypeId": 100001, "campaignId": 7, "primaryAttributeValueId": 3,
+    "primaryAttributeValue": "Keynote",
+    "attributes": [{"name": n, "value": v} for n, v in ATTRIBUTES.items()]}
+
+
+@pytest.mark.parametrize(("change", "row"), [
+    # (what the REST item says instead, the export row that says the same)
+    ({}, _row("2024-03-01T09:00:00Z")),
+    ({"leadId": "5", "campaignId": "7", "primaryAttributeValueId": "3"},
+     _row("2024-03-01T09:00:00Z")),
+    ({"campaignId": None, "primaryAttributeValue": None},
+     "9,5,2024-03-01T09:00:00Z,100001,null,3,null," + _quoted(ATTRIBUTES)),
+    ({"activityDate": "2024-03-01T04:00:00-0500"}, _row("2024-03-01T04:00:00-0500")),
+    ({"attributes": ATTRIBUTES}, _row("2024-03-01T09:00:00Z")),
+    ({"attributes": [1, 2]}, _row("2024-03-01T09:00:00Z", [1, 2])),
+    ({"leadId": "five"}, "9,five,2024-03-01T09:00:00Z,100001,7,3,Keynote,"
+     + _quoted(ATTRIBUTES)),
+], ids=["as-is", "numbers-as-text", "nulls", "offset", "attributes-object", "not-pairs",
+        "uncastable"])
+def test_a_rest_item_and_its_export_row_are_the_same_record(
+        tmp_path: Path, change: dict[str, Any], row: str) -> None:
+    records, file_problems = _read(tmp_path, HEADER, row)
+    builder = RecordBuilder("activities_attend_session", activity_schema(SESSION), None)
+    problems = Problems("rest")
+    record = builder.bind_rest(problems)({**REST_ITEM, **change}, 1)
+    assert record == {**records[0], "actionResult": None}
+    assert problems.counts == file_problems.counts
+
+
 def test_header_names_are_matched_after_trimming_spaces(tmp_path: Path) -> None:
     canonical = _canonical(tmp_path)
     spaced = ", ".join(HEADER.split(","))
