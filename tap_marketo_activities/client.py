@@ -110,6 +110,14 @@ class OddAnswer(RetriableError):
     instead of a file): Marketo's trouble, retried like any transient error."""
 
 
+class StillOdd(FatalError):
+    """An answer still odd after its retries; `what`: the odd answer's own line."""
+
+    def __init__(self, message: str, what: str) -> None:
+        super().__init__(message)
+        self.what = what
+
+
 def excerpt(text: str | bytes, limit: int = EXCERPT_CHARS) -> str:
     """The start of what came back, on one line, for the person reading the log."""
     if isinstance(text, bytes):
@@ -301,6 +309,7 @@ class MarketoClient:
         self._token_lock = threading.Lock()
         self._local = threading.local()
         self.calls = 0
+        self.api_user: str | None = None  # the token's `scope`: Get Daily Usage's userId
         self.reached = False  # Marketo has answered once: a dead endpoint is ruled out
         self.stopping = threading.Event()  # set: give up retrying, the sync is ending
 
@@ -358,6 +367,8 @@ class MarketoClient:
                 "Is base_url your REST endpoint?"
             ) from None
         self.redact.add(token)
+        scope = body.get("scope")
+        self.api_user = scope if isinstance(scope, str) and scope else None
         margin = min(TOKEN_MARGIN_SECONDS, expires_in / 4)
         self._token = token
         self._token_expires_at = time.monotonic() + max(0.0, expires_in - margin)
@@ -401,6 +412,21 @@ class MarketoClient:
         attempt, retries included (a call budget: what it raises ends the call)."""
         return self._send("GET", path, params=params, check=check, before_each=before_each)
 
+    def read(self, path: str, params: Mapping[str, Any], parse: Callable[[dict[str, Any]], T],
+             *, before_each: Callable[[], None] | None = None,
+             odd_tries: int | None = None) -> T:
+        """What `parse` makes of a GET's envelope. A ValueError from `parse` names what is odd
+        in the answer: retried like any odd answer, at most `odd_tries` times in all when
+        given (then StillOdd), so that a read stops within a few calls of an odd answer."""
+        def once(method: str, call_path: str) -> T:
+            envelope = self._send_once(method, call_path, params, None, None, None,
+                                       before_each)
+            try:
+                return parse(envelope)
+            except ValueError as exc:
+                raise OddAnswer(f"{method} {call_path} answered {exc}") from None
+        return self._with_retries(once, "GET", path, odd_tries=odd_tries)
+
     def pages(self, path: str, params: Mapping[str, Any],
               check: Callable[[Any], str | None] | None = None) -> Iterator[Any]:
         """Every item of a listing paged by `nextPageToken`, page after page. A listing
@@ -438,9 +464,17 @@ class MarketoClient:
         return self._with_retries(self._send_once, method, path, params, body, check, None,
                                   before_each)
 
-    def _with_retries(self, call: Callable[..., T], method: str, path: str, *args: Any) -> T:
+    def _with_retries(self, call: Callable[..., T], method: str, path: str, *args: Any,
+                      odd_tries: int | None = None) -> T:
         """The one retry policy: exponential backoff with full jitter, capped per wait and
-        in total; then one clear failure."""
+        in total (and odd answers at `odd_tries` attempts, when given); then one clear
+        failure."""
+        odd = [0]
+
+        def give_up(exc: Exception) -> bool:
+            odd[0] += isinstance(exc, OddAnswer)
+            return self.stopping.is_set() or (odd_tries is not None and odd[0] >= odd_tries)
+
         retrying = backoff.on_exception(
             backoff.expo,
             RetriableError,
@@ -449,7 +483,7 @@ class MarketoClient:
             max_value=30,
             jitter=backoff.full_jitter,
             on_backoff=_log_retry,
-            giveup=lambda _: self.stopping.is_set(),
+            giveup=give_up,
             logger=None,  # our own lines: _log_retry, and the one failure below
         )(call)
         try:
@@ -457,10 +491,12 @@ class MarketoClient:
         except OddAnswer as exc:
             if self.stopping.is_set():
                 raise Stopped(f"{method} {path}: not retried, the sync is stopping") from None
-            raise FatalError(
-                f"{exc} (still so after {self.max_retry_seconds:.0f} s of retries). Marketo "
+            tried = (f"{odd[0]} tries" if odd_tries is not None and odd[0] >= odd_tries
+                     else f"{self.max_retry_seconds:.0f} s of retries")
+            raise StillOdd(
+                f"{exc} (still so after {tried}). Marketo "
                 "is answering oddly: run again later; if it persists, report it to Marketo "
-                "support with this line."
+                "support with this line.", str(exc)
             ) from None
         except RetriableError as exc:
             if self.stopping.is_set():

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from tap_marketo_activities.client import ExportQuotaExhausted, MarketoClient, MarketoError
 from tap_marketo_activities.delivery import RecordPath
-from tap_marketo_activities.increments import CallBudget
+from tap_marketo_activities.increments import CallBudget, count_daily_usage
 from tap_marketo_activities.instants import isoformat
 from tap_marketo_activities.output import OutputClosed
 from tap_marketo_activities.plan import Read, Situation, StreamView, plan
@@ -79,9 +79,12 @@ class OnePass:
         self._state_in = copy.deepcopy(state)
         self.deleted = [s for s in streams if not s.bulk and s.wanted]
         self.streams = [s for s in streams if s.bulk and s.wanted]
+        # Each REST call is in a STATE before it is made (on_reserve): no stop hides one.
         self.budget = CallBudget.from_state(settings.max_rest_calls_per_day,
                                             state.get(REST_STATE_KEY),
-                                            dt.datetime.now(dt.timezone.utc))
+                                            dt.datetime.now(dt.timezone.utc),
+                                            on_reserve=self.write_state)
+        self.final_state = False  # the budget's exact count: the last STATEs of the run
         self.path = RecordPath(batch_config, self._on_progress)
         ctx = Context(settings=settings, client=client, path=self.path,
                       checkpoint=self.write_state, dry_run=dry_run)
@@ -100,6 +103,8 @@ class OnePass:
         try:
             for stream in self.deleted:
                 self._part("Get Deleted Leads", read_deleted_leads, self.ctx, stream)
+            if self.settings.rest_increments != "off" and self.streams:
+                count_daily_usage(self.ctx.client, self.budget)  # Marketo's count: a floor
             tried = self._rest(self._situation())
             if self.path.open:
                 self._bulk(tried)
@@ -211,7 +216,7 @@ class OnePass:
     def write_state(self) -> None:
         """One STATE: every stream's bookmark, the REST budget, our jobs still needed and
         the learnt sizes."""
-        self.state[REST_STATE_KEY] = self.budget.saved()
+        self.state[REST_STATE_KEY] = self.budget.saved(final=self.final_state)
         version = self.bulk.state_part(self.state)
         if not self.ctx.dry_run:  # --test leaves no state that a run would start from
             # A target that stopped reading ends the run (OutputClosed): exporting on for
@@ -230,6 +235,7 @@ class OnePass:
     def close(self) -> None:
         """The state first (what matters if we are killed next), then our jobs in Marketo
         are cancelled, then the state again without them; on every exit."""
+        self.final_state = True
         self.bulk.stop()
         try:
             with contextlib.suppress(OutputClosed):

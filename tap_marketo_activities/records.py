@@ -292,16 +292,72 @@ class RecordBuilder:
 
         return record_of
 
+    def bind_rest(self, problems: Problems) -> Callable[[Mapping[str, Any], int], dict[str, Any]]:
+        """The item-to-record function of REST answers (Get Lead Activities, Get Deleted
+        Leads): the record the same activity's export row gives, field by field, from
+        Marketo's JSON values as they are (no text in between). Its attributes, a list of
+        {name, value}, become the export's object."""
+        primary_cast, cast, stream = self.primary_cast, self._cast, self.stream
+        fill = self._attribute_filler(problems)
+        dropped = self.dropped
+
+        def integer(item: Mapping[str, Any], column: str, number: int) -> int | None:
+            value = item.get(column)
+            if value is None or (type(value) is int):
+                return value
+            try:
+                return _to_integer(value) if type(value) is str else int(str(value))
+            except ValueError:
+                problems.cast_failed(stream, column, value, number)
+                return None
+
+        def record_of(item: Mapping[str, Any], number: int) -> dict[str, Any]:
+            when = item.get("activityDate")
+            if when is not None and (type(when) is not str or when[19:] != "Z"):
+                when = _utc_date(problems, str(when), number)
+            primary_value = item.get("primaryAttributeValue")
+            record: dict[str, Any] = {
+                "marketoGUID": _none_or_text(item.get("marketoGUID")),
+                "leadId": integer(item, "leadId", number),
+                "activityDate": when,
+                "activityTypeId": self.type_id,
+                "campaignId": integer(item, "campaignId", number),
+                "primaryAttributeValueId": cast(
+                    item.get("primaryAttributeValueId"), primary_cast,
+                    "primaryAttributeValueId", number, problems),
+                "primaryAttributeValue": _none_if_null(
+                    None if primary_value is None else _to_string(primary_value)),
+                "actionResult": None,  # Get Lead Activities has none
+            }
+            fill(record, _attributes_of(item.get("attributes") or [], number, problems),
+                 number)
+            for column in dropped:
+                record.pop(column, None)
+            return record
+
+        return record_of
+
     def _attribute_adder(self, problems: Problems
                          ) -> Callable[[dict[str, Any], str, int], None]:
         """What puts a row's attributes cell into its record: the cell parsed, and each
         selected attribute cast into its typed column."""
+        fill = self._attribute_filler(problems)
+
+        def add(record: dict[str, Any], cell: str, number: int) -> None:
+            fill(record, _parse_attributes(cell, number, problems), number)
+
+        return add
+
+    def _attribute_filler(self, problems: Problems
+                          ) -> Callable[[dict[str, Any], dict[str, Any] | None, int], None]:
+        """What puts an activity's attributes object into its record, with each selected
+        attribute cast into its typed column."""
         cast = self._cast
         typed = [(column, source, PASSES_AS_IS.get(attribute_cast), attribute_cast)
                  for column, source, attribute_cast in self.attributes]
 
-        def add(record: dict[str, Any], cell: str, number: int) -> None:
-            attributes = _parse_attributes(cell, number, problems)
+        def fill(record: dict[str, Any], attributes: dict[str, Any] | None,
+                 number: int) -> None:
             record["attributes"] = attributes
             for column, source, kinds, attribute_cast in typed:
                 value = attributes.get(source) if attributes else None
@@ -310,7 +366,7 @@ class RecordBuilder:
                 else:
                     record[column] = cast(value, attribute_cast, column, number, problems)
 
-        return add
+        return fill
 
     def _integer(self, problems: Problems, cells: list[str], position: int, column: str,
                  number: int) -> int | None:
@@ -344,20 +400,6 @@ def _utc_date(problems: Problems, text: str, number: int) -> str:
         return text
 
 
-REST_COLUMNS = Columns(*range(9))
-
-
-def rest_cells(item: Mapping[str, Any]) -> list[str]:
-    """A REST activity (Get Deleted Leads, Get Lead Activities) laid out as an export row,
-    so that one code path types both. Its attributes, a list of {name, value}, stay a list:
-    the row's reader turns them into the object (attributes_object), as for export files
-    of that shape."""
-    values = [item.get(k) for k in EXPORT_COLUMNS[:REST_COLUMNS.attributes]]
-    cells = [NULL if v is None else str(v) for v in values]
-    pairs = item.get("attributes") or []
-    return [*cells, json.dumps(pairs, ensure_ascii=False), NULL]
-
-
 def attributes_object(pairs: list[Any]) -> dict[str, Any] | None:
     """Attributes written as a list of {name, value} (REST answers, and export files shaped
     like Marketo's API reference) as the export's object: display name -> value. None when
@@ -374,6 +416,10 @@ def _none_if_null(value: str | None) -> str | None:
     return None if value is None or value == NULL else value
 
 
+def _none_or_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def _parse_attributes(text: str | None, number: int, problems: Problems) -> dict | None:
     if text is None or text == NULL or text == "":
         return None
@@ -382,6 +428,12 @@ def _parse_attributes(text: str | None, number: int, problems: Problems) -> dict
     except ValueError:
         problems.report("attributes is not valid JSON; kept as text under `_unparsed`", number)
         return {"_unparsed": text}
+    return _attributes_of(value, number, problems)
+
+
+def _attributes_of(value: Any, number: int, problems: Problems) -> dict | None:
+    """Attributes as JSON gives them (an object, or a list of {name, value}) as the
+    export's object."""
     if type(value) is list:
         pairs = attributes_object(value)
         if pairs is not None:

@@ -119,8 +119,10 @@ def test_always_stops_cleanly_at_the_budget_and_the_next_day_goes_on(
     warnings = [line for line in first.stderr.splitlines() if "| WARNING" in line
                 and "max_rest_calls_per_day" in line]
     assert len(warnings) == 1, first.stderr[-3000:]
-    reached = min(bookmarks(first.last_state).values())
-    assert DAY_BEFORE < reached < "2024-02-12T00:00:00Z"
+    # Get Daily Usage counts discovery and its own call too, so the two type groups share
+    # four calls here: a group that got no page yet resumes at start_date.
+    reached = [mark for mark in bookmarks(first.last_state).values() if mark]
+    assert reached and DAY_BEFORE < min(reached) < "2024-02-12T00:00:00Z"
     # The same day: the budget is spent, across runs.
     again = run_ok(tmp_path / "2", settings, first.last_state)
     assert rest_calls(box) <= 6 and again.records == {}

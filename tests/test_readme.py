@@ -40,7 +40,7 @@ QUICK_START = ("## Quick start", "## With Meltano")
 def doc_blocks(section: tuple[str, str], language: str = "bash",
                doc: Path = README) -> list[str]:
     """Every ```LANGUAGE block of the part of `doc` from heading section[0] to section[1]."""
-    text = doc.read_text()
+    text = "\n" + doc.read_text()  # a heading on the first line too
     start = text.index(f"\n{section[0]}")
     part = text[start:text.index(f"\n{section[1]}", start + 1)]
     return [str(block) for block in re.findall(rf"```{language}\n(.*?)```", part, re.S)]

@@ -17,13 +17,11 @@ from conftest import END, START, TapRun, config_for, run_tap
 from tap_marketo_activities.instants import isoformat, parse_datetime, utc_text
 from tap_marketo_activities.records import (
     INVALID_UTF8,
-    REST_COLUMNS,
     FileRejected,
     Problems,
     RecordBuilder,
     attributes_object,
     read_records,
-    rest_cells,
 )
 from tap_marketo_activities.sandbox import Sandbox
 from tap_marketo_activities.sandbox.limits import FileShape
@@ -131,11 +129,42 @@ def test_the_rest_path_converts_attributes_with_the_same_function(tmp_path: Path
         "primaryAttributeValue": "Keynote",
         "attributes": [{"name": n, "value": v} for n, v in ATTRIBUTES.items()]}
     builder = RecordBuilder("activities_attend_session", activity_schema(SESSION), None)
-    record_of = builder.bind(REST_COLUMNS, Problems("rest"))
-    assert record_of(rest_cells(item), 1) == {**canonical, "actionResult": None}
+    record_of = builder.bind_rest(Problems("rest"))
+    assert record_of(item, 1) == {**canonical, "actionResult": None}
     assert attributes_object(item["attributes"]) == ATTRIBUTES
     assert attributes_object([]) == {}
     assert attributes_object([{"value": 1}]) is None
+
+
+REST_ITEM: dict[str, Any] = {
+    "marketoGUID": "9", "leadId": 5, "activityDate": "2024-03-01T09:00:00Z",
+    "activityTypeId": 100001, "campaignId": 7, "primaryAttributeValueId": 3,
+    "primaryAttributeValue": "Keynote",
+    "attributes": [{"name": n, "value": v} for n, v in ATTRIBUTES.items()]}
+
+
+@pytest.mark.parametrize(("change", "row"), [
+    # (what the REST item says instead, the export row that says the same)
+    ({}, _row("2024-03-01T09:00:00Z")),
+    ({"leadId": "5", "campaignId": "7", "primaryAttributeValueId": "3"},
+     _row("2024-03-01T09:00:00Z")),
+    ({"campaignId": None, "primaryAttributeValue": None},
+     "9,5,2024-03-01T09:00:00Z,100001,null,3,null," + _quoted(ATTRIBUTES)),
+    ({"activityDate": "2024-03-01T04:00:00-0500"}, _row("2024-03-01T04:00:00-0500")),
+    ({"attributes": ATTRIBUTES}, _row("2024-03-01T09:00:00Z")),
+    ({"attributes": [1, 2]}, _row("2024-03-01T09:00:00Z", [1, 2])),
+    ({"leadId": "five"}, "9,five,2024-03-01T09:00:00Z,100001,7,3,Keynote,"
+     + _quoted(ATTRIBUTES)),
+], ids=["as-is", "numbers-as-text", "nulls", "offset", "attributes-object", "not-pairs",
+        "uncastable"])
+def test_a_rest_item_and_its_export_row_are_the_same_record(
+        tmp_path: Path, change: dict[str, Any], row: str) -> None:
+    records, file_problems = _read(tmp_path, HEADER, row)
+    builder = RecordBuilder("activities_attend_session", activity_schema(SESSION), None)
+    problems = Problems("rest")
+    record = builder.bind_rest(problems)({**REST_ITEM, **change}, 1)
+    assert record == {**records[0], "actionResult": None}
+    assert problems.counts == file_problems.counts
 
 
 def test_header_names_are_matched_after_trimming_spaces(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import logging
 
 from tap_marketo_activities.delivery import Window
 from tap_marketo_activities.instants import isoformat
-from tap_marketo_activities.records import REST_COLUMNS, Problems, rest_cells
+from tap_marketo_activities.records import Problems
 from tap_marketo_activities.rest import deleted_leads
 from tap_marketo_activities.roads import Context
 from tap_marketo_activities.schema import REPLICATION_KEY
@@ -31,10 +31,10 @@ def read_deleted_leads(ctx: Context, stream: ActivityStream) -> None:
                        isoformat(now - DELETED_LEADS_KEPT))
     builder = stream.builder()
     problems = Problems(stream.name)
-    record_of = builder.bind(REST_COLUMNS, problems)
+    record_of = builder.bind_rest(problems)
     items = itertools.takewhile(lambda item: str(item.get(REPLICATION_KEY)) < window.upper,
                                 deleted_leads(ctx.client, window.start))
-    rows = ((builder, record_of(rest_cells(item), n)) for n, item in enumerate(items, 1))
+    rows = ((builder, record_of(item, n)) for n, item in enumerate(items, 1))
     ctx.path.deliver(rows, {builder: stream}, window)
     if problems.counts:
         logger.warning("%s had problems: %s", stream.name, problems.summary())

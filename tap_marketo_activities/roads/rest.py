@@ -19,14 +19,7 @@ from tap_marketo_activities.increments import CallBudget, RestRead
 from tap_marketo_activities.instants import isoformat
 from tap_marketo_activities.merges import Routes
 from tap_marketo_activities.plan import Read
-from tap_marketo_activities.records import (
-    REST_COLUMNS,
-    UNASKED_TYPE,
-    FileRejected,
-    Problems,
-    RecordBuilder,
-    rest_cells,
-)
+from tap_marketo_activities.records import FileRejected, Problems, RecordBuilder
 from tap_marketo_activities.roads import Context
 from tap_marketo_activities.scheduler import BACKWARD
 from tap_marketo_activities.settings import parse_instant
@@ -55,9 +48,9 @@ class RestRoad:
         window = Window(read.start, read.end)
         problems = Problems(f"Get Lead Activities {window.lower} .. {window.upper}")
         routes = Routes(streams, problems)
-        bound = {t: b.bind(REST_COLUMNS, problems) for t, b in routes.builders.items()}
+        bound = {t: b.bind_rest(problems) for t, b in routes.builders.items()}
         rest = RestRead(self.ctx.client, self.budget, read.cap, read.start, window.upper,
-                        list(routes.builders))
+                        list(routes.builders), problems)
         members = [[s for s in streams if s.type_id in group.types] for group in rest.groups]
         calls_before = self.budget.run_calls
         progress = _Progress(self, rest, members, read)
@@ -68,11 +61,8 @@ class RestRoad:
                 for activity in activities:
                     number += 1
                     problems.rows = number
-                    type_id = activity.get("activityTypeId")
-                    if type_id not in bound:
-                        problems.report(UNASKED_TYPE, number, f"type {type_id!r}", limit=1)
-                        continue
-                    yield routes.builders[type_id], bound[type_id](rest_cells(activity), number)
+                    type_id = activity["activityTypeId"]  # of the read's types: it sifts
+                    yield routes.builders[type_id], bound[type_id](activity, number)
                 progress.now_and_then()
 
         delivered: Delivered | None = None
@@ -92,8 +82,9 @@ class RestRoad:
 
     def _end(self, rest: RestRead, members: list[list[ActivityStream]], read: Read,
              delivered: Delivered | None, calls_before: int) -> None:
-        """The lesson first, then the state that keeps it; then the read's line."""
-        for group in rest.groups:
+        """The lesson first (not from a read an odd answer stopped), then the state that
+        keeps it; then the read's line."""
+        for group in rest.groups if self.failure is None else ():
             reached_at = read.end if group.done else parse_instant("edge", group.edge) \
                 if group.edge else read.start
             self.budget.learn(group.calls, reached_at - read.start)

@@ -13,6 +13,7 @@ from .data import Dataset, matches, to_time
 from .jobs import OURS, JobBoard
 from .late import Late, key_of
 from .limits import CallLimits, Faults
+from .odd import REST_ODD_KINDS, RestOdd
 from .rest import rest_form
 from .server import SandboxServer
 from .service import ROUTES, Service, Settings
@@ -224,7 +225,21 @@ class Sandbox:
         with self.lock:
             self.service.faults = Faults()
             self.service.quota_607_left = None
+            self.service.rest_odd = RestOdd()
             self.board.set_foreign(0, self.service.new_id)
+
+    def set_rest_odd(self, kind: str, times: int = -1, after: int = 0) -> None:
+        """Get Lead Activities answers oddly (odd.REST_ODD_KINDS): `times` answers (-1:
+        every one) after `after` answers as usual."""
+        if kind not in REST_ODD_KINDS:
+            raise ValueError(f"unknown odd answer {kind!r}; known: {', '.join(REST_ODD_KINDS)}")
+        with self.lock:
+            self.service.rest_odd = RestOdd(kind, times, after)
+
+    def rest_odd_seen(self) -> dict[str, Any]:
+        """What the odd answers did: answers served, made odd, the first odd one's number."""
+        with self.lock:
+            return self.service.rest_odd.seen()
 
     # ---- days -------------------------------------------------------------------
 
@@ -237,12 +252,19 @@ class Sandbox:
             self.board.advance()
             self.board.age(days)
             self.service.limits.day_calls = 0
+            self.service.limits.other_calls.clear()
 
     def spend_export_quota(self, size: int) -> None:
         """Another export of this API user (leads, say) completed now: `size` bytes of
         today's quota are gone, and the activity export list does not show it."""
         with self.lock:
             self.board.other_exports.append((datetime.now(timezone.utc), int(size)))
+
+    def spend_calls(self, calls: int, user: str | None = None) -> None:
+        """Calls made today outside the tap's run: by its own API user (None: a pipeline
+        with the same user, a run whose state was lost), or by another API user."""
+        with self.lock:
+            self.service.limits.spend(calls, user)
 
     def call_count(self, route: str = "activities", admitted: bool = False) -> int:
         """Calls received at a route (a name of service.ROUTES: "activities",

@@ -116,6 +116,7 @@ class CallLimits:
         self.max_in_flight = 0
         self.day = day_key()
         self.day_calls = 0
+        self.other_calls: collections.Counter[str] = collections.Counter()  # other API users'
         self.refused: collections.Counter[str] = collections.Counter()
 
     def admit(self) -> str | None:
@@ -126,6 +127,7 @@ class CallLimits:
         today = day_key()
         if today != self.day:
             self.day, self.day_calls = today, 0
+            self.other_calls.clear()
         code = self.refusal()
         if code:
             self.refused[code] += 1
@@ -144,6 +146,12 @@ class CallLimits:
         if self.day_calls >= self.daily:
             return "607"
         return None
+
+    def spend(self, calls: int, user: str | None) -> None:
+        """Calls made today elsewhere: by this API user (None), or another."""
+        self.day_calls += calls
+        if user is not None:
+            self.other_calls[user] += calls
 
     def release(self) -> None:
         self.in_flight -= 1

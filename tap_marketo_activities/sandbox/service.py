@@ -20,12 +20,14 @@ from .catalog import activity_types
 from .data import Dataset, to_time
 from .deleted import DeletedLeads
 from .jobs import OURS, ApiError, Job, JobBoard, parse_create
-from .limits import FILE_DEFECTS, ODD_KINDS, CallLimits, Faults
+from .limits import FILE_DEFECTS, ODD_KINDS, CallLimits, Faults, day_key
+from .odd import RestOdd
 from .rest import ActivityLog, parse_type_ids
 from .tokens import Token, encode
 
 JSON_TYPE = "application/json;charset=UTF-8"
 EXPORT = "/bulk/v1/activities/export"
+API_USER = "apiuser@sandbox.example"  # the token's scope; Get Daily Usage's userId
 ACTIVE = {"Created", "Queued", "Processing"}
 MIB = 1024 * 1024
 
@@ -78,12 +80,14 @@ def text_reply(status: int, text: str, content_type: str = "text/plain;charset=U
 
 
 ODD_INSTEAD = set(ODD_KINDS) - {"unknown_status"}
+EVERY_TYPE = frozenset(t["id"] for t in activity_types())
 
 ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/rest/v1/activities/types.json", "types"),
     ("GET", "/rest/v1/activities/pagingtoken.json", "paging_token"),
     ("GET", "/rest/v1/activities/deletedleads.json", "deleted_leads"),
     ("GET", "/rest/v1/activities.json", "activities"),
+    ("GET", "/rest/v1/stats/usage.json", "usage"),
     ("POST", EXPORT + "/create.json", "create"),
     ("POST", EXPORT + "/{exportId}/enqueue.json", "enqueue"),
     ("GET", EXPORT + "/{exportId}/status.json", "status"),
@@ -116,6 +120,7 @@ class Service:
         self.deleted = DeletedLeads(seed, dataset)
         self.log = ActivityLog(dataset)
         self.faults = Faults()
+        self.rest_odd = RestOdd()
         self.fault_rng = random.Random(f"{seed}:faults")
         self.id_rng = random.Random(f"{seed}:ids")
         self.calls: collections.Counter[str] = collections.Counter()
@@ -324,7 +329,7 @@ class Service:
             token, expiry = self.live_token()
         body = {"access_token": token, "token_type": "bearer",
                 "expires_in": max(0, int(expiry - time.monotonic())),
-                "scope": "apiuser@sandbox.example"}
+                "scope": API_USER}
         return Reply(body=json.dumps(body).encode())
 
     def live_token(self) -> tuple[str, float]:
@@ -382,8 +387,22 @@ class Service:
         token = request.query.get("nextPageToken")
         if not token:
             raise ApiError("1003", "nextPageToken is required")
-        rows, next_token, more = self.log.page(token, type_ids, batch_size(request.query))
-        return self.ok(rows or None, nextPageToken=next_token, moreResult=more)
+        size = batch_size(request.query)
+        rows, next_token, more = self.log.page(token, type_ids, size)
+        fields = self.rest_odd.answer(
+            {"result": rows, "nextPageToken": next_token, "moreResult": more}, token,
+            type_ids, lambda: self.log.page(token, EVERY_TYPE, size)[0])
+        result = fields.pop("result", None)
+        return self.ok(result or None, **fields)  # as Marketo: no result on an empty page
+
+    def usage(self, request: Request) -> Reply:
+        """Get Daily Usage: the calls admitted today (US Central), per API user."""
+        limits = self.limits
+        users = {API_USER: limits.day_calls - sum(limits.other_calls.values()),
+                 **limits.other_calls}
+        return self.ok([{"date": day_key(), "total": limits.day_calls,
+                         "users": [{"userId": user, "count": count}
+                                   for user, count in users.items()]}])
 
     # ---- bulk export --------------------------------------------------------
 
