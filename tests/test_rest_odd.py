@@ -212,13 +212,14 @@ def bookmarks(state: dict[str, Any]) -> dict[str, str]:
     return {name: b.get("replication_key_value") for name, b in state["bookmarks"].items()}
 
 
-@pytest.mark.parametrize("kind", ["type_text", "date_plus_0100", "future_last",
-                                  "repeat_top", "other_type", "shuffled"])
+@pytest.mark.parametrize("mode", ["auto", "always"])
+@pytest.mark.parametrize("kind", ["type_text", "date_plus_0100", "date_minus_0500",
+                                  "future_last", "repeat_top", "other_type", "shuffled"])
 def test_the_tap_delivers_exactly_the_increment_through_odd_but_whole_answers(
-        box: Sandbox, tmp_path: Path, kind: str) -> None:
+        box: Sandbox, tmp_path: Path, kind: str, mode: str) -> None:
     state = first_day(box, tmp_path / "1").last_state
     box.set_rest_odd(kind)
-    run = run_tap(tmp_path / "2", config(box, END), state=state)
+    run = run_tap(tmp_path / "2", config(box, END, rest_increments=mode), state=state)
     assert run.returncode == 0, run.stderr[-3000:]
     assert box.rest_odd_seen()["odd"] >= 3
     assert box.stats()["jobs"] == []
@@ -244,6 +245,29 @@ def test_always_stops_at_the_edge_with_one_line_and_the_next_run_delivers_the_re
     assert after.returncode == 0, after.stderr[-3000:]
     both = stopped.guids() + after.guids()
     assert set(both) == wanted(box, START, END) and max(both.values()) == 1
+
+
+@pytest.mark.parametrize("kind", ["more_missing", "more_text", "same_token",
+                                  "same_token_empty", "result_object", "item_not_object",
+                                  "no_guid", "no_date", "no_type"])
+def test_auto_hands_a_read_stopped_by_an_odd_answer_to_bulk_and_delivers_it_all(
+        box: Sandbox, tmp_path: Path, kind: str) -> None:
+    """auto: one WARNING that names the odd answer, bulk export takes it from the edge,
+    exactly the increment, exit 0; the read stops within a few calls of the odd answer."""
+    state = first_day(box, tmp_path / "1").last_state
+    box.set_rest_odd(kind, after=4)
+    before = rest_calls(box)
+    run = run_tap(tmp_path / "2", config(box, END), state=state)
+    assert run.returncode == 0, run.stderr[-3000:]
+    stopped = [line for line in run.stderr.splitlines()
+               if "| WARNING" in line and "answered oddly" in line]  # retries said before
+    assert len(stopped) == 1, run.stderr[-3000:]
+    assert "Bulk export takes it from there" in stopped[0]
+    assert box.stats()["jobs"], "bulk took over"
+    # Two groups: each tries an odd answer ODD_TRIES times, and may have one page in hand.
+    assert rest_calls(box) - before <= 4 + 2 * (ODD_TRIES + 1)
+    assert set(run.guids()) == wanted(box, START, END) and max(run.guids().values()) == 1
+    assert set(bookmarks(run.last_state).values()) == {END}
 
 
 def rest_calls(box: Sandbox) -> int:
