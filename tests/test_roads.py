@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +179,66 @@ def test_a_state_file_with_our_keys_is_read_as_plain_numbers(box: Sandbox, tmp_p
     (tmp_path / "s.json").write_text(json.dumps(state))
     run = run_ok(tmp_path / "2", config(box, TWO_HOURS_LATER), state)
     assert isinstance(run.states[0]["marketo_rest"]["calls_per_hour"], float)
+
+
+def run_killed(tmp: Path, settings: dict, state: dict | None, when: str) -> list[dict]:
+    """A run SIGKILLed at the first STATE that `when` says: "job" (one of our export jobs
+    named), "moved" (a bookmark moved); its messages up to the kill."""
+    command = tap_command(tmp, settings, state)
+    messages: list[dict] = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True) as tap:
+        assert tap.stdout is not None
+        for line in tap.stdout:
+            message = json.loads(line)
+            messages.append(message)
+            value = message.get("value", {})
+            if message["type"] == "STATE" and (
+                    (when == "job" and value.get("marketo_exports")) or
+                    (when == "moved" and state is not None and
+                     value["bookmarks"] != state["bookmarks"])):
+                tap.send_signal(signal.SIGKILL)
+                break
+    assert tap.returncode == -signal.SIGKILL, f"the run ended before the moment ({when})"
+    return messages
+
+
+def committed(messages: list[dict]) -> tuple[list[str], dict]:
+    """The activities a run delivered up to its last STATE (what a target commits), and
+    that STATE."""
+    last = max(i for i, m in enumerate(messages) if m["type"] == "STATE")
+    guids = [m["record"]["marketoGUID"] for m in messages[:last]
+             if m["type"] == "RECORD" and m["stream"] != "merged_leads"]
+    return guids, messages[last]["value"]
+
+
+def test_a_chain_of_runs_with_kills_delivers_each_activity_once_and_leaves_no_job_running(
+        box: Sandbox, tmp_path: Path) -> None:
+    """Issue 23: SIGKILLs in the middle of bulk and REST runs, then clean runs: every
+    activity once (counting what each run delivered up to its last STATE), no export job of
+    ours left Queued or Processing, and the day's count holds every accepted REST call."""
+    box.set_faults(stall_seconds=0.2, stall_rate=1.0, routes=["activities"])
+    ends = ["2024-02-10T00:00:00Z", "2024-02-10T06:00:00Z", "2024-02-10T08:00:00Z",
+            "2024-02-10T12:00:00Z", "2024-02-10T14:00:00Z"]
+    chain = [("2", {"rest_increments": "always"}, None),
+             ("2", {"rest_increments": "off"}, "job"),   # killed with a job named
+             ("3", {}, None),                            # REST takes that job's window
+             ("4", {"rest_increments": "always"}, "moved"),  # killed mid-read
+             ("5", {}, None)]
+    state: dict | None = None
+    delivered: list[str] = []
+    for number, ((_, overrides, kill), end) in enumerate(zip(chain, ends, strict=True)):
+        settings = config(box, end, **overrides)
+        if kill:
+            messages = run_killed(tmp_path / str(number), settings, state, kill)
+        else:
+            run = run_ok(tmp_path / str(number), settings, state)
+            messages = run.messages
+        guids, state = committed(messages)
+        delivered += guids
+    assert Counter(delivered).most_common(1)[0][1] == 1, "nothing twice"
+    assert set(delivered) == set(wanted(box, DAY_BEFORE, ends[-1])), "nothing lost"
+    assert not [j for j in box.stats()["jobs"] if j["status"] in ("Queued", "Processing")]
+    accepted = box.call_count("activities", admitted=True) + \
+        box.call_count("paging_token", admitted=True)
+    assert state is not None and state["marketo_rest"]["calls"] >= accepted
