@@ -26,9 +26,10 @@ from tap_marketo_activities.delivery import RecordPath
 from tap_marketo_activities.increments import CallBudget, count_daily_usage
 from tap_marketo_activities.instants import isoformat
 from tap_marketo_activities.output import OutputClosed
-from tap_marketo_activities.plan import Read, Situation, StreamView, plan
-from tap_marketo_activities.quota import mb, reset_text
+from tap_marketo_activities.plan import Read, Situation, StreamView, plan, purged, purged_parts
+from tap_marketo_activities.quota import ExportQuota, mb, reset_text, size_key
 from tap_marketo_activities.records import FileRejected
+from tap_marketo_activities.retention import retention_of
 from tap_marketo_activities.roads import Context
 from tap_marketo_activities.roads.bulk import BulkRoad
 from tap_marketo_activities.roads.deleted import read_deleted_leads
@@ -36,7 +37,7 @@ from tap_marketo_activities.roads.rest import RestRoad
 from tap_marketo_activities.scheduler import BACKWARD
 from tap_marketo_activities.schema import BULK_ONLY_COLUMNS
 from tap_marketo_activities.settings import Settings, parse_instant
-from tap_marketo_activities.state import REST_STATE_KEY
+from tap_marketo_activities.state import REST_STATE_KEY, SIZES_STATE_KEY
 from tap_marketo_activities.streams import LOW_EDGE, ActivityStream
 from tap_marketo_activities.text import plural
 
@@ -58,6 +59,7 @@ class Outcome:
     downloaded_bytes: int = 0
     quota_used_bytes: float = 0.0
     plan_line: str | None = None
+    purged_line: str | None = None  # how much of the asked range Marketo had deleted
     rest_reads: int = 0
     rest_calls: int = 0
     rest_used_today: int = 0
@@ -93,6 +95,7 @@ class OnePass:
         self.bulk = BulkRoad(ctx, self.streams, state)
         self.failures: list[tuple[str, Failure]] = []
         self.warnings: list[str] = []
+        self.purged_line: str | None = None
 
     # -- the run ------------------------------------------------------------------------
 
@@ -100,6 +103,7 @@ class OnePass:
         """Every road's part; the last state and our jobs' end even when it fails or is
         stopped."""
         log_resume(self.deleted + self.streams, self.settings)
+        self.purged_line = self._purged()
         try:
             for stream in self.deleted:
                 self._part("Get Deleted Leads", read_deleted_leads, self.ctx, stream)
@@ -131,7 +135,29 @@ class OnePass:
             width=dt.timedelta(days=settings.window_days),
             newest_first=settings.backfill_order == "newest_first",
             rest_increments=settings.rest_increments, calls_left=self.budget.left(),
-            calls_per_hour=self.budget.calls_per_hour, **changes)
+            calls_per_hour=self.budget.calls_per_hour,
+            day_bytes=day_bytes(self.streams, self.state, settings),
+            cap_bytes=settings.max_export_bytes_per_day, **changes)
+
+    def _purged(self) -> str | None:
+        """One line per retention whose edge cuts what the run asks; a covered range
+        reaches down over what Marketo deleted whole. The summary's line."""
+        situation = self._situation()
+        for name, start, end in purged_parts(situation):
+            if not self.ctx.dry_run:
+                next(s for s in self.streams if s.name == name).covered(start, end,
+                                                                        backward=True)
+        groups = purged(situation)
+        for group in groups:
+            logger.info("%s: %s; nothing before %s can come.", _names(list(group.streams)),
+                        group.retention.words(), f"{group.edge:%Y-%m-%d}")
+        if not groups:
+            return None
+        asked = sum((g.asked for g in groups), dt.timedelta())
+        gone = sum((g.gone for g in groups), dt.timedelta())
+        return (f"Marketo had already deleted {_days(gone)} of the {_days(asked)} asked of "
+                f"{plural(sum(len(g.streams) for g in groups), 'stream')} (its retention "
+                "policy): nothing of it was asked for.")
 
     # -- REST ---------------------------------------------------------------------------
 
@@ -252,6 +278,7 @@ class OnePass:
     def _outcome(self) -> Outcome:
         bulk = self.bulk
         outcome = Outcome(downloaded_bytes=bulk.bytes_downloaded, plan_line=bulk.plan_line(),
+                          purged_line=self.purged_line,
                           rest_reads=self.rest.reads_made, rest_calls=self.budget.run_calls,
                           rest_used_today=self.budget.used, rest_budget=self.budget.limit)
         if bulk.scheduler is not None:
@@ -297,7 +324,22 @@ def view_of(stream: ActivityStream, settings: Settings) -> StreamView:
     low = stream.stream_state.get(LOW_EDGE)
     return StreamView(name=stream.name, type_id=stream.type_id, bookmark=stream.high_edge(),
                       covered_from=parse_instant("bookmark", low) if low else None,
-                      bulk_only=bulk_only_reason(stream, settings))
+                      bulk_only=bulk_only_reason(stream, settings),
+                      retention=retention_of(stream.type_id, stream.name,
+                                             settings.retention_months))
+
+
+def day_bytes(streams: list[ActivityStream], state: dict[str, Any], settings: Settings
+              ) -> dict[str, float]:
+    """What a day of each stream's activities exports, from the sizes learnt (none while
+    nothing is learnt): the pace of a backfill."""
+    quota = ExportQuota(settings.max_export_bytes_per_day, 0, state.get(SIZES_STATE_KEY))
+    found = {}
+    for stream in streams:
+        rate = quota.bytes_per_day([size_key(stream.type_id, stream.export_fields())])
+        if rate is not None:
+            found[stream.name] = rate
+    return found
 
 
 def bulk_only_reason(stream: ActivityStream, settings: Settings) -> str:
@@ -342,6 +384,10 @@ def log_resume(streams: list[ActivityStream], settings: Settings) -> None:
     for point, names in sorted(points.items()):
         logger.info("Resuming %s at %s: %s.", plural(len(names), "stream"), point,
                     _names(names))
+
+
+def _days(span: dt.timedelta) -> str:
+    return plural(round(span / dt.timedelta(days=1)), "day")
 
 
 def _names(names: list[str]) -> str:

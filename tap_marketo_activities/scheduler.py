@@ -143,17 +143,21 @@ class PlanRequest:
 
 
 def plan_jobs(starts: Mapping[str, dt.datetime], *, end: dt.datetime, request: PlanRequest,
-              direction: str = FORWARD) -> list[PlannedJob]:
+              direction: str = FORWARD, lowest: Mapping[str, dt.datetime] | None = None
+              ) -> list[PlannedJob]:
     """One job per distinct window, serving every stream that needs that window, asking
     for the columns those streams need. A stream with a primary attribute filter gets jobs
     of its own (Marketo applies a filter to every type of a job). Going BACKWARD, `starts`
-    are each stream's upper edge and `end` the lower bound."""
+    are each stream's upper edge and `end` the lower bound; a stream's windows wholly below
+    its `lowest` are left out (Marketo has deleted them)."""
     width, anchor, fields, filters = request.width, request.anchor, request.fields, \
         request.filters
     if direction == FORWARD:
         windows = grid_windows(starts, end, width, anchor)
     else:
         windows = backward_windows(starts, end, width, anchor)
+    for stream, low in (lowest or {}).items():
+        windows[stream] = [w for w in windows.get(stream, []) if w[1] > low]
     by_window: dict[tuple, list[str]] = {}
     for stream, stream_windows in windows.items():
         primary = filters.get(stream)

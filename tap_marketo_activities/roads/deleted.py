@@ -11,13 +11,14 @@ from tap_marketo_activities.delivery import Window
 from tap_marketo_activities.instants import isoformat
 from tap_marketo_activities.records import Problems
 from tap_marketo_activities.rest import deleted_leads
+from tap_marketo_activities.retention import DELETE_LEAD, KEPT_DAYS
 from tap_marketo_activities.roads import Context
 from tap_marketo_activities.schema import REPLICATION_KEY
 from tap_marketo_activities.streams import ActivityStream
 
 logger = logging.getLogger(__name__)
 
-DELETED_LEADS_KEPT = dt.timedelta(days=14)
+DELETED_LEADS_KEPT = dt.timedelta(days=KEPT_DAYS[DELETE_LEAD])
 
 
 def read_deleted_leads(ctx: Context, stream: ActivityStream) -> None:
@@ -26,8 +27,9 @@ def read_deleted_leads(ctx: Context, stream: ActivityStream) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     window = Window(stream.start_instant(ctx.settings), ctx.settings.end)
     if window.start < now - DELETED_LEADS_KEPT:
-        logger.warning("%s: resuming at %s, but Marketo keeps deleted leads for 14 days: "
+        logger.warning("%s: resuming at %s, but Marketo keeps deleted leads for %d days: "
                        "deletions before %s may be gone.", stream.name, window.lower,
+                       DELETED_LEADS_KEPT.days,
                        isoformat(now - DELETED_LEADS_KEPT))
     builder = stream.builder()
     problems = Problems(stream.name)
