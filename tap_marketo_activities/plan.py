@@ -249,11 +249,19 @@ def _first_reads(s: Situation, parts: list[_Part]) -> tuple[list[Read], list[_Pa
         if direction == BACKWARD and all(p.stream.bookmark is None for p in cohort):
             # Nothing delivered yet: oldest first, so that what goes soonest comes first.
             direction = FORWARD
+        # Read alone, it starts at the edge itself: no job asks for its deleted rows.
+        start = max(start, _head_edge(s, cohort))
         reads.append(Read("bulk", names, start, upto, _first_why(s, cohort, start, upto),
                           direction=direction, floors={n: start for n in names}, first=True))
         left = [p for p in left if p not in cohort]
         left += [replace(p, start=upto, asked=None) for p in cohort if upto < p.end]
     return reads, left
+
+
+def _head_edge(s: Situation, cohort: list[_Part]) -> dt.datetime:
+    edge = cohort[0].stream.retention.edge(s.end)
+    assert edge is not None
+    return edge
 
 
 def _endangered(s: Situation, parts: list[_Part], cohort: list[_Part]) -> dt.datetime | None:
