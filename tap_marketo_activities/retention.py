@@ -56,10 +56,15 @@ class Retention:
     def edge(self, now: dt.datetime) -> dt.datetime | None:
         """The oldest instant whose rows may still be there at `now` (a MARGIN early), or
         None: nothing is deleted."""
+        deleted = self.deleted_before(now)
+        return None if deleted is None else deleted - MARGIN
+
+    def deleted_before(self, now: dt.datetime) -> dt.datetime | None:
+        """Where Marketo's purge leaves rows at `now` by its policy, or None: nowhere."""
         if self.days is not None:
-            return now - dt.timedelta(days=self.days) - MARGIN
+            return now - dt.timedelta(days=self.days)
         if self.months is not None:
-            return months_before(now, self.months) - MARGIN
+            return months_before(now, self.months)
         return None
 
     def words(self) -> str:

@@ -78,6 +78,7 @@ def daily_backfill(box: Sandbox, tmp_path: Path, cap_mb: float, **overrides: Any
         assert run.states, run.stderr[-3000:]
         runs.append(run)
         state = run.last_state
+        assert box.stats()["export_bytes_today"] <= cap_mb * MB  # the cap never passed
         box.new_day()
         marks = state["bookmarks"]
         if all(marks.get(s, {}).get("replication_key_value", "") >= text(clock)

@@ -28,6 +28,7 @@ from tap_marketo_activities.records import (
     check_whole,
     read_records,
 )
+from tap_marketo_activities.retention import retention_of
 from tap_marketo_activities.roads import Context
 from tap_marketo_activities.scheduler import (
     BACKWARD,
@@ -37,6 +38,7 @@ from tap_marketo_activities.scheduler import (
     PlanRequest,
     plan_jobs,
 )
+from tap_marketo_activities.settings import Settings
 from tap_marketo_activities.state import EXPORTS_STATE_KEY, SIZES_STATE_KEY
 from tap_marketo_activities.streams import ActivityStream
 from tap_marketo_activities.text import plural
@@ -56,6 +58,7 @@ def jobs_of(reads: list[Read], streams: list[ActivityStream], ctx: Context) -> l
         filters={s.name: settings.primary_filters.get(s.type_id) for s in streams},
         export_format=settings.export_format,
         header_names=tuple(settings.column_header_names.items()),
+        kept_from=kept_from(streams, settings),
     )
     first = [job for r in reads if r.first for job in _jobs_of_read(r, request)]
     reads = [r for r in reads if not r.first]
@@ -80,6 +83,17 @@ def _jobs_of_read(read: Read, request: PlanRequest) -> list[PlannedJob]:
                          request=request, direction=FORWARD)
     return plan_jobs(dict.fromkeys(read.streams, read.end), end=read.start, request=request,
                      direction=BACKWARD)
+
+
+def kept_from(streams: list[ActivityStream], settings: Settings) -> dict[int, dt.datetime]:
+    """Per type, where Marketo's purge leaves its rows today (what a file teaches of sizes)."""
+    found = {}
+    for stream in streams:
+        retention = retention_of(stream.type_id, stream.name, settings.retention_months)
+        deleted = retention.deleted_before(settings.end)
+        if deleted is not None:
+            found[stream.type_id] = deleted
+    return found
 
 
 def rows_per_type(served: list[ActivityStream], delivered: Delivered) -> dict[int, int]:
