@@ -55,6 +55,23 @@ def test_a_200_day_backfill_asks_for_no_deleted_range(tmp_path: Path) -> None:
         run.stderr
 
 
+def test_a_bookmark_moves_over_a_range_marketo_deleted_whole(tmp_path: Path) -> None:
+    start, end = "2024-01-01T00:00:00Z", "2024-07-19T00:00:00Z"
+    low = "2024-03-01T00:00:00Z"  # a newest-first backfill got down to here; below: deleted
+    state = {"bookmarks": {STREAMS[VISITS]: {"replication_key": "activityDate",
+                                             "replication_key_value": end,
+                                             "covered_from": low}}}
+    with Sandbox(job_latency=0.1, data_start=start, data_end=end, purge=True) as box:
+        config = config_for(box, start_date=start, end_date=end, rest_increments="off",
+                            activity_type_ids=[VISITS], backfill_order="newest_first")
+        run = run_tap(tmp_path, config, state=state)
+        assert box.stats()["jobs"] == []  # nothing there to wait for
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.last_state["bookmarks"][STREAMS[VISITS]]["covered_from"] == start
+    assert "Marketo had already deleted 60 days of the 60 days asked of 1 stream" in \
+        run.stderr
+
+
 # -- a quota-bound backfill, one run a day ------------------------------------------------
 
 CLOCK = dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc)  # the first run's day
