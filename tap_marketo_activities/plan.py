@@ -309,7 +309,7 @@ def _cost_before(s: Situation, parts: list[_Part], moment: dt.datetime, directio
             span = max(dt.timedelta(), min(part.end, moment) - part.start)
         else:
             span = max(dt.timedelta(), part.end - max(part.start, moment))
-        cost += rate * span / DAY
+        cost += rate * (span / DAY)
     return cost
 
 
@@ -321,7 +321,8 @@ def _first_why(s: Situation, cohort: list[_Part], start: dt.datetime, upto: dt.d
     why = (f"{head.stream.retention.words()}: the backfill ({order}) would reach part of "
            "it only after Marketo deleted it, so it goes first")
     if all(p.stream.name in s.day_bytes for p in cohort) and s.cap_bytes > 0:
-        size = sum(s.day_bytes[p.stream.name] for p in cohort) * (upto - max(start, edge)) / DAY
+        days = (upto - max(start, edge)) / DAY
+        size = sum(s.day_bytes[p.stream.name] for p in cohort) * days
         why += (f"; about {size / MB:.2f} MB, "
                 f"{math.ceil(size / s.cap_bytes) or 1} daily run(s)")
     return why
