@@ -238,3 +238,12 @@ def test_a_covered_range_reaches_down_over_what_is_deleted_whole() -> None:
         replace(KEPT_90, bookmark=LATER, covered_from=START + 50 * DAY),
         replace(KEPT_25M, bookmark=LATER, covered_from=START + 50 * DAY)))
     assert purged_parts(situation) == [("visits", START, START + 50 * DAY)]
+
+
+def test_a_type_slower_than_a_day_a_day_is_read_first_whole() -> None:
+    # 50 MB a day of data against a 20 MB cap: no order keeps up; oldest first, alone, is
+    # the best there is (and large figures stay numbers: no timedelta overflow).
+    heavy = replace(TIGHT, day_bytes={"visits": 50e6, "forms": 50e6})
+    first = next(r for r in plan(heavy) if r.first)
+    assert (first.start, first.end) == (EDGE, LATER)
+    assert first.why.endswith("about 4339.22 MB, 228 daily run(s)")
