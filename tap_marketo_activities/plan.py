@@ -200,13 +200,6 @@ def purged(s: Situation) -> list[Purged]:
     return sorted(found, key=lambda p: -p.edge.timestamp())
 
 
-def _shortest_first(item: tuple[tuple[Retention, dt.datetime, dt.datetime, str], list[_Part]]
-                    ) -> tuple[float, float, str]:
-    (retention, start, _, direction), cohort = item
-    edge = retention.edge(cohort[0].end)
-    return (-edge.timestamp() if edge else 0.0, start.timestamp(), direction)
-
-
 def purged_parts(s: Situation) -> list[tuple[str, dt.datetime, dt.datetime]]:
     """Backward parts Marketo has deleted whole (stream, start, end): nothing there to
     wait for, so the stream's covered range may reach down over them."""
@@ -241,7 +234,13 @@ def _first_reads(s: Situation, parts: list[_Part]) -> tuple[list[Read], list[_Pa
             cohorts.setdefault(key, []).append(part)
     reads: list[Read] = []
     left = list(parts)
-    for (_, start, _, direction), cohort in sorted(cohorts.items(), key=_shortest_first):
+    def shortest_first(item: tuple[tuple[Retention, dt.datetime, dt.datetime, str], list[_Part]]
+                       ) -> tuple[float, float, str]:
+        (retention, start, _, direction), _ = item
+        edge = retention.edge(s.end)
+        return (-edge.timestamp() if edge else 0.0, start.timestamp(), direction)
+
+    for (_, start, _, direction), cohort in sorted(cohorts.items(), key=shortest_first):
         upto = _endangered(s, parts, cohort)
         if upto is None:
             continue
