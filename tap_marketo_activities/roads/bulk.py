@@ -37,6 +37,7 @@ from tap_marketo_activities.scheduler import (
     PlanRequest,
     plan_jobs,
 )
+from tap_marketo_activities.settings import parse_instant
 from tap_marketo_activities.state import EXPORTS_STATE_KEY, SIZES_STATE_KEY
 from tap_marketo_activities.streams import ActivityStream
 from tap_marketo_activities.text import plural
@@ -56,6 +57,8 @@ def jobs_of(reads: list[Read], streams: list[ActivityStream], ctx: Context) -> l
         filters={s.name: settings.primary_filters.get(s.type_id) for s in streams},
         export_format=settings.export_format,
         header_names=tuple(settings.column_header_names.items()),
+        remember_after=parse_instant("remember_after", ctx.path.remember_after)
+        if ctx.path.remember_after else None,
     )
     forward = {n: r.start for r in reads if r.direction == FORWARD for n in r.streams}
     backward = {n: r.end for r in reads if r.direction == BACKWARD for n in r.streams}
