@@ -23,10 +23,20 @@ from typing import TYPE_CHECKING, Any
 
 from tap_marketo_activities.client import ExportQuotaExhausted, MarketoClient, MarketoError
 from tap_marketo_activities.delivery import RecordPath
-from tap_marketo_activities.increments import CallBudget, count_daily_usage
+from tap_marketo_activities.increments import CALLS_PER_READ, CallBudget, count_daily_usage
 from tap_marketo_activities.instants import isoformat
+from tap_marketo_activities.lateness import duration_text, late_line
+from tap_marketo_activities.lookback import Lookback
 from tap_marketo_activities.output import OutputClosed
-from tap_marketo_activities.plan import Read, Situation, StreamView, plan, purged, purged_parts
+from tap_marketo_activities.plan import (
+    Read,
+    Situation,
+    StreamView,
+    estimate_calls,
+    plan,
+    purged,
+    purged_parts,
+)
 from tap_marketo_activities.quota import ExportQuota, mb, reset_text, size_key
 from tap_marketo_activities.records import FileRejected
 from tap_marketo_activities.retention import retention_of
@@ -64,6 +74,7 @@ class Outcome:
     rest_calls: int = 0
     rest_used_today: int = 0
     rest_budget: int = 0
+    late: int = 0  # activities delivered after their second had been read (lookback)
     failure: Exception | None = None  # ends the run: one ERROR line, exit 1
     warning: str | None = None  # a planned stop (a day's quota or budget): exit 0
 
@@ -87,7 +98,10 @@ class OnePass:
                                             dt.datetime.now(dt.timezone.utc),
                                             on_reserve=self.write_state)
         self.final_state = False  # the budget's exact count: the last STATEs of the run
-        self.path = RecordPath(batch_config, self._on_progress)
+        self.lookback = Lookback(state, self.streams, settings.end, settings.lookback_hours,
+                                 dry_run)
+        self.path = RecordPath(batch_config, self._on_progress, self.lookback.memory,
+                               self.lookback.remember_after)
         ctx = Context(settings=settings, client=client, path=self.path,
                       checkpoint=self.write_state, dry_run=dry_run)
         self.ctx = ctx
@@ -102,7 +116,7 @@ class OnePass:
     def run(self) -> Outcome:
         """Every road's part; the last state and our jobs' end even when it fails or is
         stopped."""
-        log_resume(self.deleted + self.streams, self.settings)
+        log_resume(self.deleted + self.streams, self.settings, self.lookback)
         self.purged_line = self._purged()
         try:
             for stream in self.deleted:
@@ -115,6 +129,8 @@ class OnePass:
             if isinstance(self.bulk.failure, ExportQuotaExhausted):
                 self._rest_instead_of_bulk()
             self.path.finish()
+            if self.lookback.remember_after is not None:
+                logger.info("%s", late_line(self.path.late))
         finally:
             self.close()
         return self._outcome()
@@ -130,12 +146,15 @@ class OnePass:
     def _situation(self, **changes: Any) -> Situation:
         settings = self.settings
         return Situation(
-            streams=tuple(view_of(s, settings) for s in self.streams),
+            streams=tuple(view_of(s, settings, self.lookback.read_from(s))
+                          for s in self.streams),
             start=settings.start, end=settings.end,
             width=dt.timedelta(days=settings.window_days),
             newest_first=settings.backfill_order == "newest_first",
             rest_increments=settings.rest_increments, calls_left=self.budget.left(),
             calls_per_hour=self.budget.calls_per_hour,
+            remember_after=parse_instant("remember_after", self.path.remember_after)
+            if self.path.remember_after else None,
             day_bytes=day_bytes(self.streams, self.state, settings),
             cap_bytes=settings.max_export_bytes_per_day, **changes)
 
@@ -166,6 +185,8 @@ class OnePass:
         or a read after a failed one, is bulk's in auto, tomorrow's in always)."""
         reads = plan(situation)
         log_bulk_only(situation)
+        if not situation.export_quota_gone:
+            self._log_lookback(reads)
         for read in reads:
             if read.road == "wait":
                 self._budget_spent(read.start)
@@ -196,6 +217,57 @@ class OnePass:
                     "%d used today).", what, isoformat(read.start), isoformat(read.end),
                     plural(len(read.streams), "stream"), road, read.why, self.budget.used,
                     self.budget.limit)
+
+    def _log_lookback(self, reads: list[Read]) -> None:
+        """What reading the lookback again costs this run, by road (the plan's estimate)."""
+        spans = {s.name: self.lookback.lookback_of(s) for s in self.streams}
+        reading = [n for n, span in spans.items() if span]
+        if not reading:
+            return
+        costs = []
+        calls = self._lookback_calls(reads, spans)
+        if calls:
+            costs.append(calls)
+        size = self._lookback_bytes(reads, spans)
+        if size:
+            costs.append(size)
+        longest = max(spans.values())
+        logger.info("Lookback: %s read again from up to %s before %s bookmark "
+                    "(lookback_hours=%d), for activities Marketo records late; %s. The "
+                    "memory of what was delivered holds %s.", plural(len(reading), "stream"),
+                    duration_text(longest.total_seconds()),
+                    "its" if len(reading) == 1 else "their", self.settings.lookback_hours,
+                    " and ".join(costs) or "no extra cost",
+                    plural(len(self.lookback.memory), "activity"))
+
+    def _lookback_calls(self, reads: list[Read], spans: dict[str, dt.timedelta]) -> str:
+        rest = [r for r in reads if r.road == "rest" and any(spans.get(n) for n in r.streams)]
+        if not rest:
+            return ""
+        rate = self.budget.calls_per_hour
+        if rate is None:
+            return "through Get Lead Activities, cost not learnt yet"
+        extra = sum((estimate_calls(rate, max(spans.get(n, dt.timedelta()) for n in r.streams),
+                                    len(r.streams)) or 0) - CALLS_PER_READ * len(r.streams)
+                    for r in rest)
+        return f"about {plural(max(extra, 0), 'call')} of Get Lead Activities"
+
+    def _lookback_bytes(self, reads: list[Read], spans: dict[str, dt.timedelta]) -> str:
+        bulk = [n for r in reads if r.road == "bulk" and not r.declined for n in r.streams
+                if spans.get(n)]
+        if not bulk:
+            return ""
+        quota = ExportQuota(0, 0, self.state.get(SIZES_STATE_KEY))
+        streams = {s.name: s for s in self.streams}
+        total = 0.0
+        for name in bulk:
+            stream = streams[name]
+            size = quota.estimate([size_key(stream.type_id, stream.export_fields())],
+                                  spans[name].total_seconds())
+            if size is None:
+                return "in the first export window, size not learnt yet"
+            total += size
+        return f"about {mb(total)} more in the first export window"
 
     def _budget_spent(self, reached: dt.datetime) -> None:
         resets = reset_text(dt.datetime.now(dt.timezone.utc))
@@ -243,6 +315,8 @@ class OnePass:
         """One STATE: every stream's bookmark, the REST budget, our jobs still needed and
         the learnt sizes."""
         self.state[REST_STATE_KEY] = self.budget.saved(final=self.final_state)
+        if not self.ctx.dry_run:
+            self.lookback.settle(self.streams, self.state)
         version = self.bulk.state_part(self.state)
         if not self.ctx.dry_run:  # --test leaves no state that a run would start from
             # A target that stopped reading ends the run (OutputClosed): exporting on for
@@ -280,7 +354,8 @@ class OnePass:
         outcome = Outcome(downloaded_bytes=bulk.bytes_downloaded, plan_line=bulk.plan_line(),
                           purged_line=self.purged_line,
                           rest_reads=self.rest.reads_made, rest_calls=self.budget.run_calls,
-                          rest_used_today=self.budget.used, rest_budget=self.budget.limit)
+                          rest_used_today=self.budget.used, rest_budget=self.budget.limit,
+                          late=len(self.path.late))
         if bulk.scheduler is not None:
             outcome.jobs = sum(1 for p in bulk.scheduler.jobs if p.job is not None)
             outcome.quota_used_bytes = bulk.scheduler.quota.used_bytes
@@ -320,9 +395,13 @@ class OnePass:
 
 # -- what the plan sees, and the lines that say where a run starts ---------------------------
 
-def view_of(stream: ActivityStream, settings: Settings) -> StreamView:
+def view_of(stream: ActivityStream, settings: Settings, read_from: dt.datetime | None = None
+            ) -> StreamView:
+    """The plan's view of a stream; its forward read starts at `read_from` (the lookback),
+    else at its bookmark."""
     low = stream.stream_state.get(LOW_EDGE)
-    return StreamView(name=stream.name, type_id=stream.type_id, bookmark=stream.high_edge(),
+    return StreamView(name=stream.name, type_id=stream.type_id,
+                      bookmark=read_from or stream.high_edge(),
                       covered_from=parse_instant("bookmark", low) if low else None,
                       bulk_only=bulk_only_reason(stream, settings),
                       retention=retention_of(stream.type_id, stream.name,
@@ -370,13 +449,17 @@ def log_bulk_only(situation: Situation) -> None:
                     "through bulk export: %s.", len(names), plural_reason, _names(names))
 
 
-def log_resume(streams: list[ActivityStream], settings: Settings) -> None:
+def log_resume(streams: list[ActivityStream], settings: Settings,
+               lookback: Lookback | None = None) -> None:
     """Where each stream resumes, one line per starting point."""
     points: dict[str, list[str]] = {}
     for stream in streams:
         high = stream.high_edge()
         point = (f"{isoformat(stream.start_instant(settings))} (its bookmark)" if high
                  else f"{isoformat(settings.start)} (start_date: no bookmark yet)")
+        span = lookback.lookback_of(stream) if lookback and stream.bulk else None
+        if span:
+            point += f", reading again from {duration_text(span.total_seconds())} before it"
         low = stream.stream_state.get(LOW_EDGE)
         if low and high and low > isoformat(settings.start):
             point += f", and back from {low} (newest_first)"

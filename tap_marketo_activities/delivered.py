@@ -23,9 +23,12 @@ import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tap_marketo_activities.instants import isoformat
+from tap_marketo_activities.instants import isoformat, parse_datetime
+from tap_marketo_activities.state import MEMORY_STATE_KEY
 
-MEMORY_STATE_KEY = "marketo_delivered"  # {tag: {"ids": base64 text, "other": [guid, ...]}}
+# The most of a read before the lookback's start whose records the memory keeps: a longer
+# read is cut there (scheduler.cut_for_memory, plan.py), so that the state stays small.
+REMEMBER_SPAN = dt.timedelta(days=1)
 
 
 class DeliveredMemory:
@@ -93,6 +96,12 @@ def settled_after(old: str | None, bookmark: str, now: dt.datetime, lookback_hou
     if old is None:
         return bookmark
     return max(old, min(bookmark, isoformat(now - dt.timedelta(hours=lookback_hours))))
+
+
+def tag_after(stamp: str) -> str:
+    """The tag of an activity dated at or after the end of the read that delivered it: a
+    read from its own second on can still return it, one from the next second cannot."""
+    return isoformat(parse_datetime(stamp) + dt.timedelta(seconds=1))
 
 
 def encode(guids: Iterable[str]) -> dict[str, Any]:

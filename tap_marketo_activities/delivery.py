@@ -6,14 +6,16 @@ RecordBuilder, and this module hands each record to its own stream's SDK record 
 (`Stream._sync_records`, driven one record at a time). So stream maps, flattening, BATCH
 messages, `--test`'s record limit and the record counts behave alike for every source.
 
-A window is half-open, [lower, upper): a row stamped at or after `upper` belongs to the next
-window (of this run, or of the next run, which starts at the bookmark `upper`), so no row
-is delivered by two windows, whatever a source's end bound includes. A row stamped before
-`lower` is never dropped for its date: Marketo may commit an activity after later ones
-(a late Send Email, a backdated visit), and a read by commit time hands it over in a window
-after its date. It is delivered unless the memory of delivered activities (delivered.py)
-holds it, as is every row of the window: a re-read of the lookback delivers only what it
-did not deliver before.
+A window is half-open, [lower, upper). A row stamped before `lower` is never dropped for its
+date: Marketo may commit an activity after later ones (a late Send Email, a backdated
+visit), and a read by commit time hands it over in a window after its date. It is delivered
+unless the memory of delivered activities (delivered.py) holds it, as is every row of the
+window: a re-read of the lookback delivers only what it did not deliver before. A row
+stamped at `upper` belongs to the next window (of this run, or of the next run, which starts
+at the bookmark `upper`), so no row is delivered by two windows, whatever a source's end
+bound includes; so does one stamped after it when there is no lookback. With the lookback's
+memory on, a row stamped after `upper` is delivered and remembered (a read by commit time
+may never return it again: a custom activity can carry a date after its commit).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from singer_sdk.exceptions import AbortedSyncFailedException, AbortedSyncPausedE
 from typing_extensions import override
 
 from tap_marketo_activities.client import MarketoError
-from tap_marketo_activities.delivered import DeliveredMemory
+from tap_marketo_activities.delivered import DeliveredMemory, tag_after
 from tap_marketo_activities.instants import isoformat, parse_datetime
 from tap_marketo_activities.output import OutputClosed
 from tap_marketo_activities.records import FileRejected, RecordBuilder
@@ -191,6 +193,8 @@ class RecordPath:
         # remembered (a backfill costs the memory nothing). None: nothing is remembered
         # (no lookback: lookback_hours 0, or --test).
         self.remember_after = remember_after
+        # (stream name, seconds) of every late activity of the run (lateness.late_line)
+        self.late: list[tuple[str, float]] = []
 
     def feed(self, stream: ActivityStream) -> StreamFeed:
         """The stream's feed, opened (SCHEMA written) on first use."""
@@ -223,6 +227,7 @@ class RecordPath:
         for feed in feeds.values():
             feed.end_window()
         delivered.records = {f.stream.name: f.records for f in feeds.values()}
+        self.late += delivered.late
         return delivered
 
     def _deliver(self, rows: Iterator[tuple[RecordBuilder, dict[str, Any]]],
@@ -246,11 +251,16 @@ class RecordPath:
               feeds: Mapping[RecordBuilder, StreamFeed], upper: str, out: Delivered,
               kept: set[str] | None) -> None:
         seen, late, on_progress = self.memory.seen, out.late, self.on_progress
+        memory_on = self.remember_after is not None
         count = 0
         for builder, record in rows:
             feed = feeds[builder]
             stamp = record[REPLICATION_KEY]
-            if stamp >= upper:
+            past_end = stamp >= upper
+            # Dated at the end: the next window's, whatever the reading. Dated after it and
+            # committed before (a custom activity's date): a read by commit time never
+            # returns it again, so it goes now, and is remembered.
+            if past_end and (stamp == upper or not memory_on):
                 out.at_upper_edge += 1
                 continue
             if stamp < feed.floor:
@@ -261,7 +271,10 @@ class RecordPath:
                 out.seen_before += 1
             elif feed.open:
                 feed.put(record)
-                if kept is not None:
+                if past_end:  # rare: a read from its own date may return it again
+                    seen.add(key)
+                    self.memory.add(key, tag_after(stamp))
+                elif kept is not None:
                     seen.add(key)
                     kept.add(key)
                 if stamp < feed.bookmark:  # rare: parsed only then

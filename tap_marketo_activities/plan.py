@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from tap_marketo_activities.delivered import REMEMBER_SPAN
 from tap_marketo_activities.increments import (
     AUTO_MAX_CALLS,
     CALLS_PER_READ,
@@ -72,6 +73,9 @@ class Situation:
     calls_per_hour: float | None = None  # per group of types, learnt from earlier reads
     export_quota_gone: bool = False  # bulk cannot export today: REST is the only road
     rest_tried: frozenset[str] = frozenset()  # streams whose REST reads this run has run
+    # The lookback's memory keeps every record of a read that ends after this instant: a
+    # forward REST read from long before it is cut there (delivered.REMEMBER_SPAN).
+    remember_after: dt.datetime | None = None
     # Bulk: what a day of each stream's activities exports (learnt; absent: not known
     # yet), and the daily cap: how fast a backfill goes, against Marketo's purge.
     day_bytes: Mapping[str, float] = field(default_factory=dict)
@@ -374,7 +378,7 @@ def _rest_reads(s: Situation, parts: list[_Part]) -> list[Read]:
         # is left, and the budget itself stops it (increments.CallBudget).
         left -= estimate if estimate is not None else \
             0 if s.rest_increments == "always" or s.export_quota_gone else cap
-        reads.append(replace(read, cap=cap, why=why, estimate=estimate))
+        reads += _cut_for_memory(s, replace(read, cap=cap, why=why, estimate=estimate))
     return reads
 
 
@@ -414,6 +418,17 @@ def _shared_rest(s: Situation, parts: list[_Part]) -> list[Read]:
         else:
             reads.append(read)
     return reads
+
+
+def _cut_for_memory(s: Situation, read: Read) -> list[Read]:
+    """A REST read from more than REMEMBER_SPAN before `remember_after` as two, each within
+    the read's cap: the memory keeps only the second's records (a read by commit time may
+    hand any of them over again)."""
+    cut = s.remember_after
+    if cut is None or not read.start < cut - REMEMBER_SPAN or not cut < read.end:
+        return [read]
+    later = {n: max(f, cut) for n, f in read.floors.items()}
+    return [replace(read, end=cut), replace(read, start=cut, floors=later)]
 
 
 def _cheaper_together(s: Situation, older: Read, newer: Read) -> bool:

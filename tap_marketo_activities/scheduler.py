@@ -35,6 +35,7 @@ from tap_marketo_activities.client import (
     QuotaExhausted,
     Stopped,
 )
+from tap_marketo_activities.delivered import REMEMBER_SPAN
 from tap_marketo_activities.export import (
     EXPORT_FIELDS,
     FIRST_POLL_SECONDS,
@@ -155,6 +156,25 @@ class PlanRequest:
     export_format: str = JobSpec.export_format
     header_names: tuple[tuple[str, str], ...] = JobSpec.header_names
     kept_from: Mapping[int, dt.datetime] = field(default_factory=dict)  # PlannedJob's
+    # The lookback's memory keeps every record of a window that ends after this instant
+    # (delivery.RecordPath.remember_after); a long window across it is cut there.
+    remember_after: dt.datetime | None = None
+
+
+def cut_for_memory(windows: list[Window], instant: dt.datetime | None) -> list[Window]:
+    """A window across `instant` that starts more than REMEMBER_SPAN before it is cut in
+    two, so that the memory keeps only what lies after `instant`, not a month of rows. A
+    read by commit time can hand any row of a window over again, so the memory cannot pick
+    rows by date: the window itself must be short."""
+    if instant is None:
+        return windows
+    cut: list[Window] = []
+    for lower, upper in windows:
+        if lower < instant - REMEMBER_SPAN and instant < upper:
+            cut += [(lower, instant), (instant, upper)]
+        else:
+            cut.append((lower, upper))
+    return cut
 
 
 def plan_jobs(starts: Mapping[str, dt.datetime], *, end: dt.datetime, request: PlanRequest,
@@ -171,6 +191,7 @@ def plan_jobs(starts: Mapping[str, dt.datetime], *, end: dt.datetime, request: P
         windows = grid_windows(starts, end, width, anchor)
     else:
         windows = backward_windows(starts, end, width, anchor)
+    windows = {s: cut_for_memory(w, request.remember_after) for s, w in windows.items()}
     for stream, low in (lowest or {}).items():
         windows[stream] = [w for w in windows.get(stream, []) if w[1] > low]
     by_window: dict[tuple, list[str]] = {}

@@ -14,7 +14,10 @@ from typing import Any
 EXPORTS_STATE_KEY = "marketo_exports"  # our jobs still in Marketo, to re-use after a crash
 SIZES_STATE_KEY = "marketo_export_sizes"  # bytes per day per type, learnt from exports
 REST_STATE_KEY = "marketo_rest"  # the REST budget's day, its calls and the learnt cost
-OUR_KEYS = (EXPORTS_STATE_KEY, SIZES_STATE_KEY, REST_STATE_KEY)
+# marketoGUIDs delivered that a lookback can return again (delivered.py):
+# {tag: {"ids": base64 text, "other": [guid, ...]}}
+MEMORY_STATE_KEY = "marketo_delivered"
+OUR_KEYS = (EXPORTS_STATE_KEY, SIZES_STATE_KEY, REST_STATE_KEY, MEMORY_STATE_KEY)
 
 
 def plain(value: Any) -> Any:

@@ -40,6 +40,7 @@ from tap_marketo_activities.settings import Settings, parse_instant
 logger = logging.getLogger(__name__)
 
 LOW_EDGE = "covered_from"  # the oldest instant a newest-first backfill has reached
+SETTLED = "settled"  # nothing before it can still arrive late (lookback.py)
 
 
 class ActivityStream(Stream):

@@ -20,7 +20,10 @@ from tap_marketo_activities.sandbox import Sandbox
 START = "2024-01-01T00:00:00Z"
 END = "2024-03-01T00:00:00Z"
 MERGED = "merged_leads"  # one record per lead merged away: its key is not marketoGUID alone
-FAST = {"poll_interval_seconds": 0.2, "window_days": 20, "max_retry_seconds": 20}
+# lookback_hours 0: these tests count jobs, windows and calls of one read per range; the
+# lookback's own tests (tests/test_lookback.py) and the README's runs use the default.
+FAST = {"poll_interval_seconds": 0.2, "window_days": 20, "max_retry_seconds": 20,
+        "lookback_hours": 0}
 
 
 @dataclass

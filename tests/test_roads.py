@@ -134,6 +134,7 @@ def test_streams_at_ten_bookmarks_share_one_read(box: Sandbox, tmp_path: Path) -
     one_read = rest_calls(box) - before
     for minutes, mark in enumerate(state["bookmarks"].values()):
         mark["replication_key_value"] = f"2024-02-10T00:{minutes * 5:02d}:00Z"
+        mark.pop("settled", None)  # by hand, as an older version's state: no lookback
     before = rest_calls(box)
     run = run_ok(tmp_path / "3", config(box, TWO_HOURS_LATER), state)
     assert rest_calls(box) - before <= one_read, "one shared read, not one per bookmark"

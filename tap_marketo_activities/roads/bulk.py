@@ -38,7 +38,7 @@ from tap_marketo_activities.scheduler import (
     PlanRequest,
     plan_jobs,
 )
-from tap_marketo_activities.settings import Settings
+from tap_marketo_activities.settings import Settings, parse_instant
 from tap_marketo_activities.state import EXPORTS_STATE_KEY, SIZES_STATE_KEY
 from tap_marketo_activities.streams import ActivityStream
 from tap_marketo_activities.text import plural
@@ -59,6 +59,8 @@ def jobs_of(reads: list[Read], streams: list[ActivityStream], ctx: Context) -> l
         export_format=settings.export_format,
         header_names=tuple(settings.column_header_names.items()),
         kept_from=kept_from(streams, settings),
+        remember_after=parse_instant("remember_after", ctx.path.remember_after)
+        if ctx.path.remember_after else None,
     )
     first = [job for r in reads if r.first for job in _jobs_of_read(r, request)]
     reads = [r for r in reads if not r.first]
