@@ -23,7 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from tap_marketo_activities.client import ExportQuotaExhausted, MarketoClient, MarketoError
 from tap_marketo_activities.delivery import RecordPath
-from tap_marketo_activities.increments import CALLS_PER_READ, CallBudget, count_daily_usage
+from tap_marketo_activities.increments import (
+    CALLS_PER_READ,
+    CallBudget,
+    count_daily_usage,
+    groups_of,
+)
 from tap_marketo_activities.instants import isoformat
 from tap_marketo_activities.lateness import duration_text, late_line
 from tap_marketo_activities.lookback import Lookback
@@ -247,9 +252,12 @@ class OnePass:
         rate = self.budget.calls_per_hour
         if rate is None:
             return "through Get Lead Activities, cost not learnt yet"
-        extra = sum((estimate_calls(rate, max(spans.get(n, dt.timedelta()) for n in r.streams),
-                                    len(r.streams)) or 0) - CALLS_PER_READ * len(r.streams)
-                    for r in rest)
+        types = {s.name: s.type_id for s in self.streams}
+        extra = 0
+        for read in rest:
+            groups = len(groups_of([types[n] for n in read.streams]))
+            span = max(spans.get(n, dt.timedelta()) for n in read.streams)
+            extra += (estimate_calls(rate, span, groups) or 0) - CALLS_PER_READ * groups
         return f"about {plural(max(extra, 0), 'call')} of Get Lead Activities"
 
     def _lookback_bytes(self, reads: list[Read], spans: dict[str, dt.timedelta]) -> str:

@@ -295,6 +295,10 @@ class TapMarketoActivities(Tap):
                      f"({outcome.rest_used_today} of max_rest_calls_per_day="
                      f"{outcome.rest_budget} used today); "
                      f"{plural(self.client.calls, 'API call')} in all, {elapsed:.1f} s.")
+        if outcome.late:
+            lines.append(f"{plural(outcome.late, 'late activity')} (dated before their "
+                         "stream's bookmark at the start of the run): see the Late activities "
+                         "line.")
         if outcome.plan_line and not self.dry_run:
             lines.append(outcome.plan_line)
         if outcome.purged_line:
