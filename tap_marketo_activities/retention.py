@@ -12,12 +12,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from tap_marketo_activities.schema import STREAM_PREFIX, snake_case
+from tap_marketo_activities.schema import DELETE_LEAD_TYPE_ID, STREAM_PREFIX, snake_case
 
-DELETE_LEAD, NEW_LEAD = 37, 12
+NEW_LEAD = 12
 # Type id -> days Marketo keeps it.
 KEPT_DAYS: dict[int, int] = {
-    DELETE_LEAD: 14,
+    DELETE_LEAD_TYPE_ID: 14,
     1: 90,  # Visit Webpage
     3: 90,  # Click Link
     6: 90,  # Send Email

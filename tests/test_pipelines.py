@@ -689,10 +689,13 @@ def test_config_from_environment_variables(box: Sandbox, streams: Streams,
     assert {s: len(r) for s, r in run.records.items()} == dict(streams.counts(expected))
     assert set(run.records) == {streams.by_type[t] for t in type_ids}
     windows = {(j["startAt"], j["endAt"]) for j in box.stats()["jobs"][jobs_before:]}
-    # A one-day probe (no export size known yet), the rest of the first window, the next.
+    # A one-day probe (no export size known yet), the rest of the first window, the next,
+    # cut where the lookback's memory starts (lookback_hours 4 before the end): only the
+    # last part's records are remembered.
     assert windows == {(START, "2024-01-02T00:00:00Z"),
                        ("2024-01-02T00:00:00Z", "2024-01-04T00:00:00Z"),
-                       ("2024-01-04T00:00:00Z", MID)}
+                       ("2024-01-04T00:00:00Z", "2024-01-06T20:00:00Z"),
+                       ("2024-01-06T20:00:00Z", MID)}
 
 
 def test_number_settings_from_environment_variables(box: Sandbox, streams: Streams,

@@ -1,24 +1,31 @@
 """Get Deleted Leads: type 37's rows, from the stream's bookmark to the end, as one window
-through the one record path."""
+through the one record path. Its pages are trusted no more than Get Lead Activities': a
+read ends on `moreResult: false` or a page whose new rows all lie past the window (pages are
+in date order; one row dated in the future is no end); a row seen before is skipped and
+counted; an odd answer, still odd after its retries, stops the read with the bookmark where
+it was."""
 
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import logging
+from collections.abc import Iterator
+from typing import Any
 
+from tap_marketo_activities.client import StillOdd
 from tap_marketo_activities.delivery import Window
+from tap_marketo_activities.increments import REPEATED, sift
 from tap_marketo_activities.instants import isoformat
-from tap_marketo_activities.records import Problems
-from tap_marketo_activities.rest import deleted_leads
-from tap_marketo_activities.retention import DELETE_LEAD, KEPT_DAYS
+from tap_marketo_activities.records import UNASKED_TYPE, Problems
+from tap_marketo_activities.rest import ODD_TRIES, deleted_leads
+from tap_marketo_activities.retention import KEPT_DAYS
 from tap_marketo_activities.roads import Context
-from tap_marketo_activities.schema import REPLICATION_KEY
+from tap_marketo_activities.schema import DELETE_LEAD_TYPE_ID
 from tap_marketo_activities.streams import ActivityStream
 
 logger = logging.getLogger(__name__)
 
-DELETED_LEADS_KEPT = dt.timedelta(days=KEPT_DAYS[DELETE_LEAD])
+DELETED_LEADS_KEPT = dt.timedelta(days=KEPT_DAYS[DELETE_LEAD_TYPE_ID])
 
 
 def read_deleted_leads(ctx: Context, stream: ActivityStream) -> None:
@@ -34,9 +41,8 @@ def read_deleted_leads(ctx: Context, stream: ActivityStream) -> None:
     builder = stream.builder()
     problems = Problems(stream.name)
     record_of = builder.bind_rest(problems)
-    items = itertools.takewhile(lambda item: str(item.get(REPLICATION_KEY)) < window.upper,
-                                deleted_leads(ctx.client, window.start))
-    rows = ((builder, record_of(item, n)) for n, item in enumerate(items, 1))
+    rows = ((builder, record_of(item, n))
+            for n, item in enumerate(_activities(ctx, window, problems), 1))
     ctx.path.deliver(rows, {builder: stream}, window)
     if problems.counts:
         logger.warning("%s had problems: %s", stream.name, problems.summary())
@@ -44,3 +50,22 @@ def read_deleted_leads(ctx: Context, stream: ActivityStream) -> None:
         stream.covered(window.start, window.end)
         stream.rest_reads += 1
         ctx.checkpoint()
+
+
+def _activities(ctx: Context, window: Window, problems: Problems) -> Iterator[dict[str, Any]]:
+    seen: set[str] = set()
+    try:
+        for page in deleted_leads(ctx.client, window.start):
+            sifted = sift(page, (DELETE_LEAD_TYPE_ID,), seen, window.upper)
+            for guid in sifted.repeated:
+                problems.report(REPEATED, len(seen), f"marketoGUID {guid}", limit=1)
+            for type_id in sifted.unasked:
+                problems.report(UNASKED_TYPE, len(seen), f"type {type_id}", limit=1)
+            yield from sifted.fresh
+            if sifted.ended:
+                return
+    except StillOdd as exc:
+        raise StillOdd(f"Get Deleted Leads answered oddly, still after {ODD_TRIES} tries: "
+                       f"{exc.what}. activities_delete_lead stays at {window.lower} and the "
+                       "next run reads it from there; if it persists, report it to Marketo "
+                       "support with this line.", exc.what) from None

@@ -235,13 +235,21 @@ class Sandbox:
             self.service.rest_odd = RestOdd()
             self.board.set_foreign(0, self.service.new_id)
 
-    def set_rest_odd(self, kind: str, times: int = -1, after: int = 0) -> None:
-        """Get Lead Activities answers oddly (odd.REST_ODD_KINDS): `times` answers (-1:
-        every one) after `after` answers as usual."""
+    def set_rest_odd(self, kind: str, times: int = -1, after: int = 0,
+                     route: str = "activities") -> None:
+        """Get Lead Activities (route "activities") or Get Deleted Leads ("deleted_leads")
+        answers oddly (odd.REST_ODD_KINDS): `times` answers (-1: every one) after `after`
+        answers as usual."""
         if kind not in REST_ODD_KINDS:
             raise ValueError(f"unknown odd answer {kind!r}; known: {', '.join(REST_ODD_KINDS)}")
+        if route not in ("activities", "deleted_leads"):
+            raise ValueError(f"no odd answers for route {route!r}")
         with self.lock:
-            self.service.rest_odd = RestOdd(kind, times, after)
+            odd = RestOdd(kind, times, after)
+            if route == "activities":
+                self.service.rest_odd = odd
+            else:
+                self.service.deleted_odd = odd
 
     def rest_odd_seen(self) -> dict[str, Any]:
         """What the odd answers did: answers served, made odd, the first odd one's number."""

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
 
-from .catalog import activity_types
+from .catalog import DELETE_LEAD, activity_types
 from .data import Dataset, to_time
 from .deleted import DeletedLeads
 from .jobs import OURS, ApiError, Job, JobBoard, parse_create
@@ -120,7 +120,8 @@ class Service:
         self.deleted = DeletedLeads(seed, dataset)
         self.log = ActivityLog(dataset)
         self.faults = Faults()
-        self.rest_odd = RestOdd()
+        self.rest_odd = RestOdd()  # Get Lead Activities
+        self.deleted_odd = RestOdd()  # Get Deleted Leads
         self.fault_rng = random.Random(f"{seed}:faults")
         self.id_rng = random.Random(f"{seed}:ids")
         self.calls: collections.Counter[str] = collections.Counter()
@@ -380,7 +381,11 @@ class Service:
             raise ApiError("1003", "nextPageToken is required")
         size = batch_size(request.query)
         rows, next_token, more = self.deleted.page(token, size)
-        return self.ok(rows, nextPageToken=next_token, moreResult=more)
+        fields = self.deleted_odd.answer(
+            {"result": rows, "nextPageToken": next_token, "moreResult": more}, token,
+            frozenset({DELETE_LEAD}), lambda: rows)
+        result = fields.pop("result", None)
+        return self.ok(result or None, **fields)
 
     def activities(self, request: Request) -> Reply:
         type_ids = parse_type_ids(request.query.get("activityTypeIds"))
