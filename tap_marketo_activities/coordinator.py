@@ -33,9 +33,18 @@ from tap_marketo_activities.instants import isoformat
 from tap_marketo_activities.lateness import duration_text, late_line
 from tap_marketo_activities.lookback import Lookback
 from tap_marketo_activities.output import OutputClosed
-from tap_marketo_activities.plan import Read, Situation, StreamView, estimate_calls, plan
+from tap_marketo_activities.plan import (
+    Read,
+    Situation,
+    StreamView,
+    estimate_calls,
+    plan,
+    purged,
+    purged_parts,
+)
 from tap_marketo_activities.quota import ExportQuota, mb, reset_text, size_key
 from tap_marketo_activities.records import FileRejected
+from tap_marketo_activities.retention import retention_of
 from tap_marketo_activities.roads import Context
 from tap_marketo_activities.roads.bulk import BulkRoad
 from tap_marketo_activities.roads.deleted import read_deleted_leads
@@ -65,6 +74,7 @@ class Outcome:
     downloaded_bytes: int = 0
     quota_used_bytes: float = 0.0
     plan_line: str | None = None
+    purged_line: str | None = None  # how much of the asked range Marketo had deleted
     rest_reads: int = 0
     rest_calls: int = 0
     rest_used_today: int = 0
@@ -104,6 +114,7 @@ class OnePass:
         self.bulk = BulkRoad(ctx, self.streams, state)
         self.failures: list[tuple[str, Failure]] = []
         self.warnings: list[str] = []
+        self.purged_line: str | None = None
 
     # -- the run ------------------------------------------------------------------------
 
@@ -111,6 +122,7 @@ class OnePass:
         """Every road's part; the last state and our jobs' end even when it fails or is
         stopped."""
         log_resume(self.deleted + self.streams, self.settings, self.lookback)
+        self.purged_line = self._purged()
         try:
             for stream in self.deleted:
                 self._part("Get Deleted Leads", read_deleted_leads, self.ctx, stream)
@@ -147,7 +159,29 @@ class OnePass:
             rest_increments=settings.rest_increments, calls_left=self.budget.left(),
             calls_per_hour=self.budget.calls_per_hour,
             remember_after=parse_instant("remember_after", self.path.remember_after)
-            if self.path.remember_after else None, **changes)
+            if self.path.remember_after else None,
+            day_bytes=day_bytes(self.streams, self.state, settings),
+            cap_bytes=settings.max_export_bytes_per_day, **changes)
+
+    def _purged(self) -> str | None:
+        """One line per retention whose edge cuts what the run asks; a covered range
+        reaches down over what Marketo deleted whole. The summary's line."""
+        situation = self._situation()
+        for name, start, end in purged_parts(situation):
+            if not self.ctx.dry_run:
+                next(s for s in self.streams if s.name == name).covered(start, end,
+                                                                        backward=True)
+        groups = purged(situation)
+        for group in groups:
+            logger.info("%s: %s; nothing before %s can come.", _names(list(group.streams)),
+                        group.retention.words(), f"{group.edge:%Y-%m-%d}")
+        if not groups:
+            return None
+        asked = sum((g.asked for g in groups), dt.timedelta())
+        gone = sum((g.gone for g in groups), dt.timedelta())
+        return (f"Marketo had already deleted {_days(gone)} of the {_days(asked)} asked of "
+                f"{plural(sum(len(g.streams) for g in groups), 'stream')} (its retention "
+                "policy): nothing of it was asked for.")
 
     # -- REST ---------------------------------------------------------------------------
 
@@ -326,6 +360,7 @@ class OnePass:
     def _outcome(self) -> Outcome:
         bulk = self.bulk
         outcome = Outcome(downloaded_bytes=bulk.bytes_downloaded, plan_line=bulk.plan_line(),
+                          purged_line=self.purged_line,
                           rest_reads=self.rest.reads_made, rest_calls=self.budget.run_calls,
                           rest_used_today=self.budget.used, rest_budget=self.budget.limit,
                           late=len(self.path.late))
@@ -376,7 +411,22 @@ def view_of(stream: ActivityStream, settings: Settings, read_from: dt.datetime |
     return StreamView(name=stream.name, type_id=stream.type_id,
                       bookmark=read_from or stream.high_edge(),
                       covered_from=parse_instant("bookmark", low) if low else None,
-                      bulk_only=bulk_only_reason(stream, settings))
+                      bulk_only=bulk_only_reason(stream, settings),
+                      retention=retention_of(stream.type_id, stream.name,
+                                             settings.retention_months))
+
+
+def day_bytes(streams: list[ActivityStream], state: dict[str, Any], settings: Settings
+              ) -> dict[str, float]:
+    """What a day of each stream's activities exports, from the sizes learnt (none while
+    nothing is learnt): the pace of a backfill."""
+    quota = ExportQuota(settings.max_export_bytes_per_day, 0, state.get(SIZES_STATE_KEY))
+    found = {}
+    for stream in streams:
+        rate = quota.bytes_per_day([size_key(stream.type_id, stream.export_fields())])
+        if rate is not None:
+            found[stream.name] = rate
+    return found
 
 
 def bulk_only_reason(stream: ActivityStream, settings: Settings) -> str:
@@ -425,6 +475,10 @@ def log_resume(streams: list[ActivityStream], settings: Settings,
     for point, names in sorted(points.items()):
         logger.info("Resuming %s at %s: %s.", plural(len(names), "stream"), point,
                     _names(names))
+
+
+def _days(span: dt.timedelta) -> str:
+    return plural(round(span / dt.timedelta(days=1)), "day")
 
 
 def _names(names: list[str]) -> str:

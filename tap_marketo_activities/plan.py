@@ -14,6 +14,9 @@ the reads out; nothing here does I/O, so a table of cases tests every corner
   tomorrow's budget when today's is spent; `off` never.
 - Streams at nearby bookmarks share a read, from the oldest of them, where that costs fewer
   calls (REST) or jobs (bulk); each stream takes only what lies past its own bookmark.
+- Marketo deletes activities older than their type's retention (retention.py): no read asks
+  for a type before its edge, and a bulk backfill whose order would reach some rows of a
+  short-lived type only after Marketo deleted them reads that range first.
 """
 
 from __future__ import annotations
@@ -32,12 +35,16 @@ from tap_marketo_activities.increments import (
     UNKNOWN_COST_SPAN,
     groups_of,
 )
+from tap_marketo_activities.quota import MB
+from tap_marketo_activities.retention import FOREVER, Retention
 from tap_marketo_activities.scheduler import BACKWARD, FORWARD
 
 Road = Literal["rest", "bulk", "wait"]
 # Bulk: streams whose bookmarks lie this close share their first window (one job instead
 # of one per bookmark); the later ones' rows of the gap are exported once more and skipped.
 BULK_SHARE_SPAN = dt.timedelta(days=1)
+DAY = dt.timedelta(days=1)
+PACE_STEP = dt.timedelta(hours=1)  # how finely the pace of a backfill is followed
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class StreamView:
     bookmark: dt.datetime | None = None  # everything before it is delivered
     covered_from: dt.datetime | None = None  # a newest-first backfill reached down to here
     bulk_only: str = ""  # why Get Lead Activities cannot serve it, or ""
+    retention: Retention = FOREVER  # how long Marketo keeps its activities
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,10 @@ class Situation:
     # The lookback's memory keeps every record of a read that ends after this instant: a
     # forward REST read from long before it is cut there (delivered.REMEMBER_SPAN).
     remember_after: dt.datetime | None = None
+    # Bulk: what a day of each stream's activities exports (learnt; absent: not known
+    # yet), and the daily cap: how fast a backfill goes, against Marketo's purge.
+    day_bytes: Mapping[str, float] = field(default_factory=dict)
+    cap_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,9 @@ class Read:
     # A REST read that its cost or the budget turned down: said in the log; bulk reads
     # carry its range.
     declined: bool = False
+    # Bulk: read before every other bulk read, whatever backfill_order says: Marketo would
+    # delete some of its rows before the backfill reached them.
+    first: bool = False
 
     def floor(self, stream: str) -> dt.datetime:
         """Where this stream's rows begin: a stream sharing a read from an older bookmark
@@ -101,12 +116,24 @@ class _Part:
     start: dt.datetime
     end: dt.datetime
     direction: str
+    asked: dt.datetime | None = None  # where it began before Marketo's purge cut it
+
+
+@dataclass(frozen=True)
+class Purged:
+    """Streams of one retention whose asked range reaches before Marketo's edge."""
+
+    retention: Retention
+    edge: dt.datetime  # nothing before it can come
+    streams: tuple[str, ...]
+    asked: dt.timedelta  # the ranges asked, summed over the streams
+    gone: dt.timedelta  # of which Marketo has deleted
 
 
 def plan(situation: Situation) -> list[Read]:
     """The reads of this run: REST reads first (they take seconds), then bulk, each road's
     reads in the order they are delivered."""
-    rest_parts, bulk_parts, waiting = _roads(situation, _parts(situation))
+    rest_parts, bulk_parts, waiting = _roads(situation, _kept(situation, _parts(situation)))
     reads = _rest_reads(situation, rest_parts)
     if waiting:
         reads.append(_wait(situation, waiting))
@@ -141,6 +168,167 @@ def _parts(s: Situation) -> list[_Part]:
         if low > s.start:
             parts.append(_Part(stream, s.start, min(low, s.end), BACKWARD))
     return parts
+
+
+# -- what Marketo deleted ---------------------------------------------------------------
+
+def _kept(s: Situation, parts: list[_Part]) -> list[_Part]:
+    """Each part without what Marketo has deleted: a part wholly before its type's edge
+    goes, a part across it starts at the edge."""
+    kept = []
+    for part in parts:
+        edge = part.stream.retention.edge(s.end)
+        if edge is None or part.start >= edge:
+            kept.append(part)
+        elif part.end > edge:
+            kept.append(replace(part, start=edge, asked=part.start))
+    return kept
+
+
+def purged(s: Situation) -> list[Purged]:
+    """Per retention, the streams whose asked range reaches before Marketo's edge, shortest
+    retention first: where nothing can come from, and how much of the asked range is gone."""
+    groups: dict[Retention, list[_Part]] = {}
+    for part in _parts(s):
+        edge = part.stream.retention.edge(s.end)
+        if edge is not None and part.start < edge:
+            groups.setdefault(part.stream.retention, []).append(part)
+    found = []
+    for retention, parts in groups.items():
+        edge = retention.edge(s.end)
+        assert edge is not None
+        found.append(Purged(
+            retention, edge, tuple(dict.fromkeys(p.stream.name for p in parts)),
+            asked=sum((p.end - p.start for p in parts), dt.timedelta()),
+            gone=sum((min(p.end, edge) - p.start for p in parts), dt.timedelta())))
+    return sorted(found, key=lambda p: -p.edge.timestamp())
+
+
+def purged_parts(s: Situation) -> list[tuple[str, dt.datetime, dt.datetime]]:
+    """Backward parts Marketo has deleted whole (stream, start, end): nothing there to
+    wait for, so the stream's covered range may reach down over them."""
+    kept = {(p.stream.name, p.direction, p.end) for p in _kept(s, _parts(s))}
+    return [(p.stream.name, p.start, p.end) for p in _parts(s)
+            if p.direction == BACKWARD and (p.stream.name, p.direction, p.end) not in kept]
+
+
+def _on_grid(s: Situation, part: _Part) -> _Part:
+    """A bulk part cut at its edge starts at the window line before it: the window across
+    the edge is one job with the other types, and asks for this one too (its deleted rows
+    cost nothing)."""
+    if part.asked is None:
+        return part
+    line = s.start + (part.start - s.start) // s.width * s.width
+    return replace(part, start=max(part.asked, line))
+
+
+def _grid_after(s: Situation, moment: dt.datetime) -> dt.datetime:
+    steps = -((s.start - moment) // s.width)  # ceiling
+    return s.start + steps * s.width
+
+
+def _first_reads(s: Situation, parts: list[_Part]) -> tuple[list[Read], list[_Part]]:
+    """Bulk reads to go before every other (the ranges of short-lived types that the
+    backfill's order would reach only after Marketo deleted some of their rows), and the
+    parts left for the usual order."""
+    cohorts: dict[tuple[Retention, dt.datetime, dt.datetime, str], list[_Part]] = {}
+    for part in parts:
+        if part.stream.retention.edge(s.end) is not None:
+            key = (part.stream.retention, part.start, part.end, part.direction)
+            cohorts.setdefault(key, []).append(part)
+    reads: list[Read] = []
+    left = list(parts)
+    def shortest_first(item: tuple[tuple[Retention, dt.datetime, dt.datetime, str], list[_Part]]
+                       ) -> tuple[float, float, str]:
+        (retention, start, _, direction), _ = item
+        edge = retention.edge(s.end)
+        return (-edge.timestamp() if edge else 0.0, start.timestamp(), direction)
+
+    for (_, start, _, direction), cohort in sorted(cohorts.items(), key=shortest_first):
+        upto = _endangered(s, parts, cohort)
+        if upto is None:
+            continue
+        names = tuple(p.stream.name for p in cohort)
+        if direction == BACKWARD and all(p.stream.bookmark is None for p in cohort):
+            # Nothing delivered yet: oldest first, so that what goes soonest comes first.
+            direction = FORWARD
+        # Read alone, it starts at the edge itself: no job asks for its deleted rows.
+        start = max(start, _head_edge(s, cohort))
+        reads.append(Read("bulk", names, start, upto, _first_why(s, cohort, start, upto),
+                          direction=direction, floors={n: start for n in names}, first=True))
+        left = [p for p in left if p not in cohort]
+        left += [replace(p, start=upto, asked=None) for p in cohort if upto < p.end]
+    return reads, left
+
+
+def _head_edge(s: Situation, cohort: list[_Part]) -> dt.datetime:
+    edge = cohort[0].stream.retention.edge(s.end)
+    assert edge is not None
+    return edge
+
+
+def _endangered(s: Situation, parts: list[_Part], cohort: list[_Part]) -> dt.datetime | None:
+    """Where the range of `cohort` that Marketo would delete before the backfill reached it
+    ends (on the window grid; a backward part is read whole), or None: nothing is."""
+    head = cohort[0]
+    edge = head.stream.retention.edge(s.end)
+    assert edge is not None
+    low = max(head.start, edge)  # what lies before the edge is gone already
+    others = [p for p in parts if p not in cohort]
+    if not any(_cost_before(s, [p], low, head.direction, 1.0) for p in others):
+        return None  # nothing comes before it: the usual order is already the fastest
+    if not (all(p.stream.name in s.day_bytes for p in parts) and s.cap_bytes > 0):
+        # No size learnt yet: what goes by before tomorrow's run comes first.
+        reach = edge + 2 * DAY
+    elif head.direction == FORWARD:
+        reach = low
+        while reach < head.end and reach < edge + _runs(s, parts, reach, FORWARD) * DAY:
+            reach += PACE_STEP
+    else:
+        reach = edge + _runs(s, parts, low, BACKWARD) * DAY
+    if reach <= low:
+        return None
+    return head.end if head.direction == BACKWARD else min(head.end, _grid_after(s, reach))
+
+
+def _runs(s: Situation, parts: list[_Part], moment: dt.datetime, direction: str) -> int:
+    """The daily runs before the one that reaches `moment` (0: this run), each exporting a
+    day's cap."""
+    cost = sum(_cost_before(s, [p], moment, direction, s.day_bytes[p.stream.name])
+               for p in parts)
+    return math.floor(cost / s.cap_bytes)
+
+
+def _cost_before(s: Situation, parts: list[_Part], moment: dt.datetime, direction: str,
+                 rate: float) -> float:
+    """What these parts export (at `rate` a day) before the backfill reaches `moment`
+    going `direction`: the other direction's reads come first or last (backfill_order)."""
+    cost = 0.0
+    for part in parts:
+        if part.direction != direction:
+            before = (part.direction == FORWARD) == s.newest_first
+            span = part.end - part.start if before else dt.timedelta()
+        elif direction == FORWARD:
+            span = max(dt.timedelta(), min(part.end, moment) - part.start)
+        else:
+            span = max(dt.timedelta(), part.end - max(part.start, moment))
+        cost += rate * (span / DAY)
+    return cost
+
+
+def _first_why(s: Situation, cohort: list[_Part], start: dt.datetime, upto: dt.datetime
+               ) -> str:
+    head = cohort[0]
+    edge = head.stream.retention.edge(s.end) or start
+    order = "newest first" if s.newest_first else "oldest first"
+    why = (f"{head.stream.retention.words()}: the backfill ({order}) would reach part of "
+           "it only after Marketo deleted it, so it goes first")
+    if all(p.stream.name in s.day_bytes for p in cohort) and s.cap_bytes > 0:
+        days = (upto - max(start, edge)) / DAY
+        size = sum(s.day_bytes[p.stream.name] for p in cohort) * days
+        why += (f"; about {size / MB:.2f} MB, "
+                f"{math.ceil(size / s.cap_bytes) or 1} daily run(s)")
+    return why
 
 
 def _roads(s: Situation, parts: list[_Part]) -> tuple[list[_Part], list[_Part], list[_Part]]:
@@ -286,6 +474,7 @@ def _bulk_reads(s: Situation, parts: list[_Part]) -> list[Read]:
     """Bulk reads in delivery order (newest_first: what is new, then backward; else the
     backward remainder, then forward). Streams at bookmarks within BULK_SHARE_SPAN of each
     other share a start: one first window, one job."""
+    first, parts = _first_reads(s, [_on_grid(s, p) for p in parts])
     forward = [p for p in parts if p.direction == FORWARD]
     backward = [p for p in parts if p.direction == BACKWARD]
     ahead = _shared_bulk(forward)
@@ -294,7 +483,7 @@ def _bulk_reads(s: Situation, parts: list[_Part]) -> list[Read]:
                    direction=BACKWARD)
               for (start, end), cohort in sorted(_spans(backward).items(),
                                                  key=lambda i: -i[0][1].timestamp())]
-    return ahead + behind if s.newest_first else behind + ahead
+    return first + (ahead + behind if s.newest_first else behind + ahead)
 
 
 def _shared_bulk(parts: list[_Part]) -> list[Read]:

@@ -72,6 +72,9 @@ class PlannedJob:
     streams: list[str]
     direction: str = FORWARD
     needed_types: tuple[int, ...] = ()  # what this run needs; a re-used job may ask more
+    # Per type, when Marketo's purge leaves its rows (retention.py): a file teaches the size
+    # of a type only over the part of its window where the type can have rows.
+    kept_from: Mapping[int, dt.datetime] = field(default_factory=dict)
     future: Future[CompletedExport] = field(default_factory=Future)
     job: ExportJob | None = None
     reserved: float = 0.0
@@ -87,6 +90,17 @@ class PlannedJob:
     @property
     def seconds(self) -> float:
         return (self.spec.end - self.spec.start).total_seconds()
+
+    def purged_lead(self) -> dt.timedelta:
+        """How much of the window's start Marketo's purge has emptied of every type: a
+        probe reaches past it, or it would learn nothing."""
+        return min((max(dt.timedelta(), self.kept_from.get(t, self.spec.start) - self.spec.start)
+                    for t in self.spec.type_ids), default=dt.timedelta())
+
+    def kept_seconds(self, type_id: int) -> float:
+        """The seconds of the window where Marketo's purge leaves rows of this type."""
+        start = max(self.spec.start, self.kept_from.get(type_id, self.spec.start))
+        return (self.spec.end - start).total_seconds()
 
 
 def grid_windows(
@@ -141,6 +155,7 @@ class PlanRequest:
     filters: Mapping[str, PrimaryFilter | None] = field(default_factory=dict)
     export_format: str = JobSpec.export_format
     header_names: tuple[tuple[str, str], ...] = JobSpec.header_names
+    kept_from: Mapping[int, dt.datetime] = field(default_factory=dict)  # PlannedJob's
     # The lookback's memory keeps every record of a window that ends after this instant
     # (delivery.RecordPath.remember_after); a long window across it is cut there.
     remember_after: dt.datetime | None = None
@@ -163,11 +178,13 @@ def cut_for_memory(windows: list[Window], instant: dt.datetime | None) -> list[W
 
 
 def plan_jobs(starts: Mapping[str, dt.datetime], *, end: dt.datetime, request: PlanRequest,
-              direction: str = FORWARD) -> list[PlannedJob]:
+              direction: str = FORWARD, lowest: Mapping[str, dt.datetime] | None = None
+              ) -> list[PlannedJob]:
     """One job per distinct window, serving every stream that needs that window, asking
     for the columns those streams need. A stream with a primary attribute filter gets jobs
     of its own (Marketo applies a filter to every type of a job). Going BACKWARD, `starts`
-    are each stream's upper edge and `end` the lower bound."""
+    are each stream's upper edge and `end` the lower bound; a stream's windows wholly below
+    its `lowest` are left out (Marketo has deleted them)."""
     width, anchor, fields, filters = request.width, request.anchor, request.fields, \
         request.filters
     if direction == FORWARD:
@@ -175,6 +192,8 @@ def plan_jobs(starts: Mapping[str, dt.datetime], *, end: dt.datetime, request: P
     else:
         windows = backward_windows(starts, end, width, anchor)
     windows = {s: cut_for_memory(w, request.remember_after) for s, w in windows.items()}
+    for stream, low in (lowest or {}).items():
+        windows[stream] = [w for w in windows.get(stream, []) if w[1] > low]
     by_window: dict[tuple, list[str]] = {}
     for stream, stream_windows in windows.items():
         primary = filters.get(stream)
@@ -188,7 +207,8 @@ def plan_jobs(starts: Mapping[str, dt.datetime], *, end: dt.datetime, request: P
         primary = filters.get(filtered) if filtered else None
         spec = JobSpec(lower, upper, ids, columns, export_format=request.export_format,
                        primary_filter=primary, header_names=request.header_names)
-        jobs.append(PlannedJob(spec, sorted(streams), direction))
+        kept = {t: request.kept_from[t] for t in ids if t in request.kept_from}
+        jobs.append(PlannedJob(spec, sorted(streams), direction, kept_from=kept))
     return jobs
 
 
@@ -282,12 +302,12 @@ class ExportScheduler:
             self._emitted += 1
             done = planned.future.result()
             total = sum(sizes.values())
-            learnt: dict[str, float] = {}
             for type_id in planned.spec.type_ids:
                 share = sizes.get(type_id, 0) / total if total else 1 / len(planned.spec.type_ids)
-                key = size_key(type_id, planned.spec.fields)
-                learnt[key] = learnt.get(key, 0.0) + done.file_size * share
-            self.quota.learn(learnt, planned.seconds)
+                seconds = planned.kept_seconds(type_id)
+                if seconds > 0:  # a window Marketo had purged of this type teaches nothing
+                    self.quota.learn({size_key(type_id, planned.spec.fields):
+                                      done.file_size * share}, seconds)
             self._cond.notify_all()
         done.path.unlink(missing_ok=True)
 
@@ -405,12 +425,12 @@ class ExportScheduler:
         if room <= 0:
             return "refuse"
         whole = planned.spec.label
-        self._cut(planned, PROBE if room >= self.quota.cap_bytes / 2 else SMALLEST_CUT)
+        probe = PROBE if room >= self.quota.cap_bytes / 2 else SMALLEST_CUT
+        self._cut(planned, probe + planned.purged_lead())
         if planned.spec.label != whole:
             logger.info("Export %s: no export size is known yet, so its first %s goes alone "
                         "as a probe (the size sets the quota's plan); the rest of the window "
-                        "is one more job.", whole,
-                        "day" if planned.seconds >= PROBE.total_seconds() else "hour")
+                        "is one more job.", whole, "day" if probe == PROBE else "hour")
         planned.reserved = self.quota.reserve(None)
         return "go"
 
@@ -433,7 +453,7 @@ class ExportScheduler:
         planned.spec = kept
         index = self.jobs.index(planned)
         self.jobs.insert(index + 1, PlannedJob(rest, planned.streams, planned.direction,
-                                               planned.needed_types))
+                                               planned.needed_types, kept_from=planned.kept_from))
 
     def _earlier_for(self, planned: PlannedJob) -> JobSpec | None:
         """An earlier run's job that serves this window (crash recovery), taken once."""

@@ -20,6 +20,7 @@ from singer_sdk import typing as th
 
 from tap_marketo_activities.instants import parse_datetime
 from tap_marketo_activities.quota import MB
+from tap_marketo_activities.retention import RETENTION_MONTHS
 
 MAX_WINDOW_DAYS = 31  # Marketo refuses a createdAt range over 31 days
 EXPORT_FORMATS = ("CSV", "TSV", "SSV")
@@ -109,6 +110,11 @@ CONFIG_SCHEMA = th.PropertiesList(
                 description="oldest_first: windows from start_date on. newest_first: the "
                             "newest windows first, then backward to start_date; every later "
                             "run first brings what is new, then goes on backward."),
+    th.Property("retention_months", th.IntegerType, default=RETENTION_MONTHS[0],
+                allowed_values=list(RETENTION_MONTHS), title="Retention (months)",
+                description="How many months Marketo keeps activities of the types it "
+                            "keeps longer than 90 days: 25, or 37 with Marketo's paid "
+                            "option. Nothing older is asked for."),
     th.Property("rest_increments", th.StringType, default=REST_INCREMENTS[0],
                 allowed_values=list(REST_INCREMENTS), title="REST increments",
                 description="auto: small increments (and days when the export quota is "
@@ -197,6 +203,7 @@ class Settings:
     max_job_attempts: int
     export_format: str
     backfill_order: str
+    retention_months: int
     heartbeat_seconds: float
     rest_increments: str
     max_rest_calls_per_day: int
@@ -345,6 +352,7 @@ def parse_settings(config: Mapping[str, Any], now: dt.datetime | None = None) ->
         max_job_attempts=_integer(config, "max_job_attempts"),
         export_format=_choice(config, "export_format", str.upper),
         backfill_order=_choice(config, "backfill_order", str.lower),
+        retention_months=int(_choice(config, "retention_months", str)),
         heartbeat_seconds=_number(config, "heartbeat_seconds"),
         rest_increments=_choice(config, "rest_increments", str.lower),
         max_rest_calls_per_day=_integer(config, "max_rest_calls_per_day"),

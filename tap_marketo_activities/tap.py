@@ -301,6 +301,8 @@ class TapMarketoActivities(Tap):
                          "line.")
         if outcome.plan_line and not self.dry_run:
             lines.append(outcome.plan_line)
+        if outcome.purged_line:
+            lines.append(outcome.purged_line)
         logger.info("Sync summary:\n%s", "\n".join(lines))
 
 

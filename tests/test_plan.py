@@ -9,7 +9,16 @@ from dataclasses import replace
 
 import pytest
 
-from tap_marketo_activities.plan import Read, Situation, StreamView, estimate_calls, plan
+from tap_marketo_activities.plan import (
+    Read,
+    Situation,
+    StreamView,
+    estimate_calls,
+    plan,
+    purged,
+    purged_parts,
+)
+from tap_marketo_activities.retention import Retention
 from tap_marketo_activities.scheduler import BACKWARD, FORWARD
 
 START = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
@@ -38,8 +47,8 @@ BASE = Situation(streams=(VISITS, FORMS), start=START, end=END, width=31 * DAY,
 def shape(reads: list[Read]) -> list[tuple]:
     """What a read is, without its words: road (`declined`: a REST read turned down, said
     in the log, its range carried by bulk), streams, range, direction."""
-    return [("declined" if r.declined else r.road, tuple(sorted(r.streams)), r.start, r.end,
-             r.direction) for r in reads]
+    return [("declined" if r.declined else "first" if r.first else r.road,
+             tuple(sorted(r.streams)), r.start, r.end, r.direction) for r in reads]
 
 
 CASES = {
@@ -117,6 +126,59 @@ CASES = {
 }
 
 
+# Marketo's purge (issue 26): a 200-day backfill of a 90-day type beside a 25-month type.
+LATER = START + 200 * DAY
+EDGE = START + 109 * DAY  # LATER - 90 days - retention.MARGIN
+GRID = START + 93 * DAY  # the window line (31 days from START) before EDGE
+KEPT_90 = StreamView("visits", 1, retention=Retention(days=90))
+KEPT_25M = StreamView("forms", 2, retention=Retention(months=25))
+PURGE = Situation(streams=(KEPT_90, KEPT_25M), start=START, end=LATER, width=31 * DAY,
+                  rest_increments="off", day_bytes={"visits": 1e6, "forms": 1e6},
+                  cap_bytes=1e9)
+TIGHT = replace(PURGE, cap_bytes=20e6)  # 20 days of one type a day
+OLD = dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)  # 36 months after START
+
+CASES.update({
+    "purge: no window of a 90-day type before its edge; the window across it shares": (
+        PURGE,
+        [("bulk", ("forms",), START, LATER, FORWARD),
+         ("bulk", ("visits",), GRID, LATER, FORWARD)]),
+    "purge: alone, a 90-day type starts on the window line before its edge": (
+        replace(PURGE, streams=(KEPT_90,)),
+        [("bulk", ("visits",), GRID, LATER, FORWARD)]),
+    "purge: a REST read starts at the edge itself": (
+        replace(PURGE, rest_increments="always", calls_left=10_000, streams=(KEPT_90,)),
+        [("rest", ("visits",), EDGE, LATER, FORWARD)]),
+    "purge: a quota-bound backfill reads the endangered range first (oldest_first)": (
+        TIGHT,
+        [("first", ("visits",), EDGE, START + 124 * DAY, FORWARD),
+         ("bulk", ("forms",), START, LATER, FORWARD),
+         ("bulk", ("visits",), START + 124 * DAY, LATER, FORWARD)]),
+    "purge: sizes not learnt yet, what goes by before tomorrow's run comes first": (
+        replace(PURGE, day_bytes={}),
+        [("first", ("visits",), EDGE, START + 124 * DAY, FORWARD),
+         ("bulk", ("forms",), START, LATER, FORWARD),
+         ("bulk", ("visits",), START + 124 * DAY, LATER, FORWARD)]),
+    "purge: newest_first from nothing: the endangered type first, oldest first": (
+        replace(TIGHT, newest_first=True),
+        [("first", ("visits",), EDGE, LATER, FORWARD),
+         ("bulk", ("forms",), START, LATER, BACKWARD)]),
+    "purge: newest_first, what is left below covered_from is all deleted: nothing": (
+        replace(PURGE, newest_first=True,
+                streams=(replace(KEPT_90, bookmark=LATER, covered_from=START + 50 * DAY),)),
+        []),
+    "purge: retention_months 25 drops the windows older than 25 months": (
+        replace(PURGE, end=OLD, streams=(KEPT_25M,)),
+        [("bulk", ("forms",), START + 310 * DAY, OLD, FORWARD)]),
+    "purge: retention_months 37 keeps the 25-to-37-month-old windows": (
+        replace(PURGE, end=OLD, streams=(replace(KEPT_25M, retention=Retention(months=37)),)),
+        [("bulk", ("forms",), START, OLD, FORWARD)]),
+    "purge: New Lead is kept forever": (
+        replace(PURGE, end=OLD, streams=(NEW,)),
+        [("bulk", ("new",), START, OLD, FORWARD)]),
+})
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_plan(case: str) -> None:
     situation, expected = CASES[case]
@@ -155,3 +217,33 @@ def test_rest_reads_share_the_budget_in_order() -> None:
 def test_estimate_calls(rate: float | None, hours: float, groups: int, calls: int | None
                         ) -> None:
     assert estimate_calls(rate, dt.timedelta(hours=hours), groups) == calls
+
+
+def test_the_plan_names_each_edge_and_what_is_gone() -> None:
+    assert [(p.streams, p.edge, p.asked, p.gone) for p in purged(replace(
+        PURGE, streams=(KEPT_90, KEPT_25M, replace(KEPT_90, name="sends", type_id=6))))] == [
+        (("visits", "sends"), EDGE, 400 * DAY, 218 * DAY)]
+    assert purged(replace(PURGE, streams=(KEPT_25M,))) == []
+
+
+def test_a_read_first_says_why_with_its_mb_and_days() -> None:
+    first = next(r for r in plan(TIGHT) if r.first)
+    assert first.why == ("Marketo keeps 90 days: the backfill (oldest first) would reach part "
+                         "of it only after Marketo deleted it, so it goes first; about 14.31 "
+                         "MB, 1 daily run(s)")
+
+
+def test_a_covered_range_reaches_down_over_what_is_deleted_whole() -> None:
+    situation = replace(PURGE, newest_first=True, streams=(
+        replace(KEPT_90, bookmark=LATER, covered_from=START + 50 * DAY),
+        replace(KEPT_25M, bookmark=LATER, covered_from=START + 50 * DAY)))
+    assert purged_parts(situation) == [("visits", START, START + 50 * DAY)]
+
+
+def test_a_type_slower_than_a_day_a_day_is_read_first_whole() -> None:
+    # 50 MB a day of data against a 20 MB cap: no order keeps up; oldest first, alone, is
+    # the best there is (and large figures stay numbers: no timedelta overflow).
+    heavy = replace(TIGHT, day_bytes={"visits": 50e6, "forms": 50e6})
+    first = next(r for r in plan(heavy) if r.first)
+    assert (first.start, first.end) == (EDGE, LATER)
+    assert first.why.endswith("about 4339.22 MB, 228 daily run(s)")

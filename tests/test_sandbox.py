@@ -492,3 +492,22 @@ def test_cli_refuses_dates_that_give_no_data_with_one_line(args: list[str], says
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0 and done.stdout == ""
     assert len(done.stderr.splitlines()) == 1 and says in done.stderr, done.stderr
+
+
+def test_the_purge_deletes_each_type_after_its_retention_at_the_clock() -> None:
+    start, end = "2024-01-01T00:00:00Z", "2024-07-19T00:00:00Z"
+    box = Sandbox(data_start=start, data_end=end, purge=True)
+
+    def oldest(type_id: int) -> str:
+        rows = box.expected(start, end, [type_id])
+        assert [r["marketoGUID"] for r in box.expected_rest(start, end, [type_id])] == \
+            [r["marketoGUID"] for r in rows if r["activityDate"] < end]
+        return min(r["activityDate"] for r in rows)
+
+    assert oldest(1) >= "2024-04-20" > oldest(2)  # Visit Webpage 90 days, Fill Out Form 25 months
+    assert oldest(12) < "2024-01-02"  # New Lead: forever
+    assert min(d["activityDate"] for d in box.expected_deleted_leads(start)) >= "2024-07-05"
+    box.set_clock("2024-07-10T00:00:00Z")  # Marketo's time: the edge moves with it
+    assert "2024-04-11" <= oldest(1) < "2024-04-12"
+    assert Sandbox(data_start=start, data_end=end).expected(start, end, [1])[0][
+        "activityDate"] < "2024-01-02"  # the purge off: everything

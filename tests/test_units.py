@@ -21,6 +21,7 @@ from tap_marketo_activities.records import (
     check_whole,
     read_records,
 )
+from tap_marketo_activities.retention import FOREVER, Retention, months_before, retention_of
 from tap_marketo_activities.scheduler import PlanRequest, grid_windows, plan_jobs
 from tap_marketo_activities.schema import activity_schema, attribute_specs, stream_names
 from tap_marketo_activities.settings import (
@@ -121,6 +122,7 @@ GOOD = {"client_id": "a", "client_secret": "b", "base_url": "http://127.0.0.1:1"
     ({"activity_type_ids": [-1]}, "activity_type_ids"),
     ({"activity_type_ids": [0, 1]}, "activity_type_ids"),
     ({"raw_files_dir": "/proc/no-such-place"}, "raw_files_dir"),
+    ({"retention_months": 36}, "retention_months"),
 ])
 def test_bad_settings_name_the_setting(change: dict, setting: str) -> None:
     with pytest.raises(SettingsError, match=setting):
@@ -344,3 +346,29 @@ def test_a_stray_cr_beside_a_quoted_newline_keeps_the_row_whole(tmp_path: Path) 
     assert [r["primaryAttributeValue"] for r in records] == ["pa\rge", "two\nlines and a \r"]
     assert records[0]["webpage_url"] == "a\nb"
     assert problems.counts == {"stray CR in an unquoted value (kept)": 1}
+
+
+@pytest.mark.parametrize(("given", "months"), [({}, 25), ({"retention_months": 37}, 37),
+                                               ({"retention_months": "37"}, 37)])
+def test_retention_months(given: dict, months: int) -> None:
+    assert parse_settings({**GOOD, **given}).retention_months == months
+
+
+@pytest.mark.parametrize(("type_id", "stream", "kept"), [
+    (1, "activities_visit_webpage", Retention(days=90)),
+    (37, "activities_delete_lead", Retention(days=14)),
+    (12, "activities_new_lead", FOREVER),
+    (2, "activities_fill_out_form", Retention(months=37)),
+    (100001, "activities_attended_trade_show", Retention(months=37)),  # custom
+    (19, "activities_sync_lead_to_sfdc", Retention(days=90)),  # known by name
+])
+def test_the_retention_table(type_id: int, stream: str, kept: Retention) -> None:
+    assert retention_of(type_id, stream, 37) == kept
+
+
+def test_months_before_keeps_the_day_or_the_months_last() -> None:
+    utc = dt.timezone.utc
+    assert months_before(dt.datetime(2026, 12, 7, tzinfo=utc), 25) == \
+        dt.datetime(2024, 11, 7, tzinfo=utc)
+    assert months_before(dt.datetime(2026, 5, 31, tzinfo=utc), 3) == \
+        dt.datetime(2026, 2, 28, tzinfo=utc)

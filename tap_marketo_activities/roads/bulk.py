@@ -28,6 +28,7 @@ from tap_marketo_activities.records import (
     check_whole,
     read_records,
 )
+from tap_marketo_activities.retention import retention_of
 from tap_marketo_activities.roads import Context
 from tap_marketo_activities.scheduler import (
     BACKWARD,
@@ -37,7 +38,7 @@ from tap_marketo_activities.scheduler import (
     PlanRequest,
     plan_jobs,
 )
-from tap_marketo_activities.settings import parse_instant
+from tap_marketo_activities.settings import Settings, parse_instant
 from tap_marketo_activities.state import EXPORTS_STATE_KEY, SIZES_STATE_KEY
 from tap_marketo_activities.streams import ActivityStream
 from tap_marketo_activities.text import plural
@@ -57,19 +58,44 @@ def jobs_of(reads: list[Read], streams: list[ActivityStream], ctx: Context) -> l
         filters={s.name: settings.primary_filters.get(s.type_id) for s in streams},
         export_format=settings.export_format,
         header_names=tuple(settings.column_header_names.items()),
+        kept_from=kept_from(streams, settings),
         remember_after=parse_instant("remember_after", ctx.path.remember_after)
         if ctx.path.remember_after else None,
     )
+    first = [job for r in reads if r.first for job in _jobs_of_read(r, request)]
+    reads = [r for r in reads if not r.first]
     forward = {n: r.start for r in reads if r.direction == FORWARD for n in r.streams}
     backward = {n: r.end for r in reads if r.direction == BACKWARD for n in r.streams}
+    lowest = {n: r.start for r in reads if r.direction == BACKWARD for n in r.streams}
     ahead = plan_jobs(forward, end=settings.end, request=request, direction=FORWARD)
-    behind = plan_jobs(backward, end=settings.start, request=request, direction=BACKWARD)
+    behind = plan_jobs(backward, end=settings.start, request=request, direction=BACKWARD,
+                       lowest=lowest)
     first_forward = next((r for r in reads if r.direction == FORWARD), None)
     first_backward = next((r for r in reads if r.direction == BACKWARD), None)
     if first_backward and first_forward and reads.index(first_backward) < \
             reads.index(first_forward):
-        return behind + ahead
-    return ahead + behind
+        return first + behind + ahead
+    return first + ahead + behind
+
+
+def _jobs_of_read(read: Read, request: PlanRequest) -> list[PlannedJob]:
+    """The jobs of one read on its own (a read that goes before the others)."""
+    if read.direction == FORWARD:
+        return plan_jobs(dict.fromkeys(read.streams, read.start), end=read.end,
+                         request=request, direction=FORWARD)
+    return plan_jobs(dict.fromkeys(read.streams, read.end), end=read.start, request=request,
+                     direction=BACKWARD)
+
+
+def kept_from(streams: list[ActivityStream], settings: Settings) -> dict[int, dt.datetime]:
+    """Per type, where Marketo's purge leaves its rows today (what a file teaches of sizes)."""
+    found = {}
+    for stream in streams:
+        retention = retention_of(stream.type_id, stream.name, settings.retention_months)
+        deleted = retention.deleted_before(settings.end)
+        if deleted is not None:
+            found[stream.type_id] = deleted
+    return found
 
 
 def rows_per_type(served: list[ActivityStream], delivered: Delivered) -> dict[int, int]:
@@ -106,8 +132,13 @@ class BulkRoad:
         self._log_plan(jobs, streams)
         if not jobs:
             return
-        self.floors = {n: r.floor(n) for r in reads if r.direction == FORWARD
-                       for n in r.streams}
+        self.floors = {}
+        for read in reads:  # a stream read first and then with the others: its lowest floor
+            for name in read.streams if read.direction == FORWARD else ():
+                self.floors[name] = min(read.floor(name), self.floors.get(name, read.end))
+            if read.first:
+                logger.info("Read first: %s, %s .. %s (%s).", ", ".join(read.streams),
+                            isoformat(read.start), isoformat(read.end), read.why)
         self.scheduler = self._scheduler(jobs)
         self._log_plan_line()  # sizes known from earlier runs: the plan before any export
         for stream in streams:

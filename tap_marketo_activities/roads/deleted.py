@@ -18,13 +18,14 @@ from tap_marketo_activities.increments import REPEATED, sift
 from tap_marketo_activities.instants import isoformat
 from tap_marketo_activities.records import UNASKED_TYPE, Problems
 from tap_marketo_activities.rest import ODD_TRIES, deleted_leads
+from tap_marketo_activities.retention import KEPT_DAYS
 from tap_marketo_activities.roads import Context
 from tap_marketo_activities.schema import DELETE_LEAD_TYPE_ID
 from tap_marketo_activities.streams import ActivityStream
 
 logger = logging.getLogger(__name__)
 
-DELETED_LEADS_KEPT = dt.timedelta(days=14)
+DELETED_LEADS_KEPT = dt.timedelta(days=KEPT_DAYS[DELETE_LEAD_TYPE_ID])
 
 
 def read_deleted_leads(ctx: Context, stream: ActivityStream) -> None:
@@ -33,8 +34,9 @@ def read_deleted_leads(ctx: Context, stream: ActivityStream) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     window = Window(stream.start_instant(ctx.settings), ctx.settings.end)
     if window.start < now - DELETED_LEADS_KEPT:
-        logger.warning("%s: resuming at %s, but Marketo keeps deleted leads for 14 days: "
+        logger.warning("%s: resuming at %s, but Marketo keeps deleted leads for %d days: "
                        "deletions before %s may be gone.", stream.name, window.lower,
+                       DELETED_LEADS_KEPT.days,
                        isoformat(now - DELETED_LEADS_KEPT))
     builder = stream.builder()
     problems = Problems(stream.name)

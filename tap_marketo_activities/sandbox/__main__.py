@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --late: Get Lead Activities pages in activityDate or in "
                              "commit order; in commit order a paging token from "
                              "sinceDatetime X starts at commit time X (default %(default)s)")
+    parser.add_argument("--purge", action="store_true",
+                        help="Marketo's purge: activities older than their type's retention "
+                             "are gone (Delete Lead 14 days; Visit Webpage, Send Email and "
+                             "six more 90 days; New Lead never; the others "
+                             "--retention-months); give an older --data-start to see it")
+    parser.add_argument("--retention-months", type=int, choices=(25, 37), default=25,
+                        help="with --purge: months Marketo keeps the other types (37 with "
+                             "its paid option; default %(default)s)")
     parser.add_argument("--config-out", default=None, metavar="FILE",
                         help="write a tap config for this sandbox (client_id, client_secret, "
                              "base_url, start_date) to FILE as JSON; with live data "
@@ -128,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     sandbox = Sandbox(seed=args.seed, data_start=data_start, data_end=args.data_end,
                       activities_per_day=args.activities_per_day,
                       job_latency=args.job_latency, port=args.port, late=args.late,
-                      bulk_by=args.bulk_by, rest_order=args.rest_order)
+                      bulk_by=args.bulk_by, rest_order=args.rest_order, purge=args.purge,
+                      retention_months=args.retention_months)
     base_url = sandbox.start()
     try:
         if args.config_out:

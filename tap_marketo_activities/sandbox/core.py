@@ -14,6 +14,7 @@ from .jobs import OURS, JobBoard
 from .late import Late, key_of
 from .limits import CallLimits, Faults
 from .odd import REST_ODD_KINDS, RestOdd
+from .purge import Purge
 from .rest import rest_form
 from .server import SandboxServer
 from .service import ROUTES, Service, Settings
@@ -47,6 +48,8 @@ class Sandbox:
         late: bool = False,
         bulk_by: str = "date",
         rest_order: str = "date",
+        purge: bool = False,
+        retention_months: int = 25,
     ) -> None:
         """data_end None (or "now"): live data, up to the clock; activities keep appearing.
         merge_ids: how Merge Leads write `Merge IDs` (merges.MERGE_IDS_STYLES: "brackets"
@@ -54,7 +57,9 @@ class Sandbox:
         bad_merge_ids_every N: every Nth merge writes a value that is no list of integers.
         late: some activities are committed after their date (late.py), and shown only
         from then on; bulk_by "date" or "commit": what the createdAt filter selects by;
-        rest_order "date" or "commit": how Get Lead Activities pages."""
+        rest_order "date" or "commit": how Get Lead Activities pages.
+        purge: Marketo's purge (purge.py): activities older than their type's retention
+        at the sandbox's clock are gone; retention_months: 25, or 37 (the paid option)."""
         self.data_start = data_start
         self.end_inclusive = end_inclusive
         self.port = port
@@ -72,6 +77,7 @@ class Sandbox:
                             daily_call_limit)
         self.service = Service(seed, self.dataset, settings, limits, self.board, self.lock)
         self.late = Late(self.dataset, late, bulk_by, rest_order)
+        self.dataset.purge = Purge(self.dataset, purge, retention_months)
         self.service.log.late = self.late
         self.server: SandboxServer | None = None
         self.stopping = threading.Event()
@@ -151,7 +157,7 @@ class Sandbox:
             if wanted is not None and self.dataset.type_id(key) not in wanted:
                 continue
             activity = self.dataset.activity(key)
-            if matches(activity, None, ids, values):
+            if matches(activity, None, ids, values) and self.dataset.kept(key):
                 rows.append(activity)
         return rows
 
@@ -191,7 +197,8 @@ class Sandbox:
         wanted = frozenset(type_ids) if type_ids else None
         with self.lock:
             return [self.dataset.activity(key) for key in self.late.visible_at(to_time(clock))
-                    if wanted is None or self.dataset.type_id(key) in wanted]
+                    if (wanted is None or self.dataset.type_id(key) in wanted)
+                    and self.dataset.kept(key)]
 
     def committed_at(self, guid: str) -> str | None:
         """When the activity with this marketoGUID was committed (its activityDate unless

@@ -6,11 +6,14 @@ import bisect
 import re
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .catalog import generated_types
 from .dice import MASK, Dice, mix
 from .merges import Merges
+
+if TYPE_CHECKING:
+    from .purge import Purge
 
 DAY = 86400
 MAIN_FIRST_GUID = 700000000  # marketoGUID of main-series activity 0, give or take the seed
@@ -110,6 +113,11 @@ class Dataset:
         self.start_second = int((self.start - self.midnight).total_seconds())
         self.merges = Merges(seed, self.per_day, self.date_text, merge_ids, bad_merge_ids_every)
         self.clock: datetime | None = None  # the sandbox's clock, when a test sets it
+        self.purge: Purge | None = None  # Marketo's purge (purge.py), when on
+
+    def kept(self, key: int) -> bool:
+        """Not deleted by Marketo's purge (always, with the purge off)."""
+        return self.purge is None or self.purge.kept(key)
 
 
     def visible_span(self) -> int:

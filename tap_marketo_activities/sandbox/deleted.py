@@ -63,12 +63,18 @@ class DeletedLeads:
             raise ApiError("1003", "Invalid nextPageToken")
         return found[0]
 
+    def first_kept(self) -> int:
+        """The first deletion Marketo's purge has not deleted (14 days), when it is on."""
+        edge = self.dataset.purge.edge(37) if self.dataset.purge is not None else None
+        return 0 if edge is None else self.first_after(edge)
+
     def page(self, token: str, size: int) -> tuple[list[dict[str, Any]], str, bool]:
-        start = self.position(token)
+        start = max(self.position(token), self.first_kept())
         count = self.count
         end = max(start, min(count, start + size))
         rows = [self.record(k) for k in range(start, end)]
         return rows, self.token(end), end < count
 
     def expected(self, since: str) -> list[dict[str, Any]]:
-        return [self.record(k) for k in range(self.first_at(since), self.count)]
+        return [self.record(k) for k in range(max(self.first_at(since), self.first_kept()),
+                                              self.count)]

@@ -265,7 +265,7 @@ def write_export(dataset: Dataset, spec: ExportSpec, path: str,
     writer = RowWriter(dataset, spec)
     keys = spec.keys if spec.keys is not None else itertools.chain(
         spec.indices, (MERGE_KEY + k for k in spec.merges))
-    order = [key for key in keys if writer.wanted(key)]
+    order = [key for key in keys if writer.wanted(key) and dataset.kept(key)]
     random.Random(spec.shuffle_seed).shuffle(order)
     planner = DirtyPlanner(spec.fields) if spec.dirty else None
     with open(path, "wb") as out:

@@ -116,7 +116,7 @@ class Late:
             position = (taken[-1][0], taken[-1][1] + 1)
         dataset = self.dataset
         rows = [rest_form(dataset.activity(key)) for _, key in taken
-                if dataset.type_id(key) in type_ids]
+                if dataset.type_id(key) in type_ids and dataset.kept(key)]
         instant = dataset.start + timedelta(seconds=position[0])
         return rows, encode(Token(instant, f"c{position[0]}.{position[1]}")), more
 

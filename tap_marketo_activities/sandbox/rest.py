@@ -94,7 +94,7 @@ class ActivityLog:
             keys = late.shown(keys)  # dated here, committed later: passed by for good
         dataset = self.dataset
         rows = [rest_form(dataset.activity(key)) for key in keys
-                if dataset.type_id(key) in type_ids]
+                if dataset.type_id(key) in type_ids and dataset.kept(key)]
         token = Token(self.instant_of(index, merge), f"a{index}.{merge}")
         return rows, encode(token), more
 
@@ -109,4 +109,4 @@ class ActivityLog:
         keys = dataset.keys_between(first, last, end_inclusive=False)
         wanted = frozenset(type_ids) if type_ids else None
         return [rest_form(dataset.activity(key)) for key in keys
-                if wanted is None or dataset.type_id(key) in wanted]
+                if (wanted is None or dataset.type_id(key) in wanted) and dataset.kept(key)]
