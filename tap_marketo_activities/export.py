@@ -151,7 +151,7 @@ class JobSpec:
     @property
     def label(self) -> str:
         return (f"window {isoformat(self.start)} .. {isoformat(self.end)} "
-                f"({len(self.type_ids)} types)")
+                f"({plural(len(self.type_ids), 'type')})")
 
 
 def spec_of_export(export: Mapping[str, Any], like: JobSpec) -> JobSpec | None:
