@@ -249,7 +249,7 @@ class RecordPath:
 
     def _rows(self, rows: Iterator[tuple[RecordBuilder, dict[str, Any]]],
               feeds: Mapping[RecordBuilder, StreamFeed], upper: str, out: Delivered,
-              kept: set[str] | None) -> None:
+              kept: list[str] | None) -> None:
         seen, late, on_progress = self.memory.seen, out.late, self.on_progress
         memory_on = self.remember_after is not None
         count = 0
@@ -276,7 +276,7 @@ class RecordPath:
                     self.memory.add(key, tag_after(stamp))
                 elif kept is not None:
                     seen.add(key)
-                    kept.add(key)
+                    kept.append(key)
                 if stamp < feed.bookmark:  # rare: parsed only then
                     late.append((feed.stream.name, lateness(stamp, feed.bookmark)))
                 count += 1
