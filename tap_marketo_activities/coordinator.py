@@ -205,6 +205,10 @@ class OnePass:
 
     def _after_rest_read(self, read: Read) -> None:
         failure = self.rest.failure
+        if failure is not None or self.rest.spent:
+            edge = self.rest.last_reached or isoformat(read.start)
+            for stream in self._streams_of(read):
+                self.lookback.stopped_short(stream, edge)
         if failure is not None and self.settings.rest_increments == "auto":
             logger.warning("Get Lead Activities stopped at %s: %s Bulk export takes it from "
                            "there.", self.rest.last_reached or isoformat(read.start), failure)

@@ -33,6 +33,10 @@ from tap_marketo_activities.state import MEMORY_STATE_KEY
 # The most of a read before the lookback's start whose records the memory keeps: a longer
 # read is cut there (scheduler.cut_for_memory, plan.py), so that the state stays small.
 REMEMBER_SPAN = dt.timedelta(days=1)
+# More than a Get Lead Activities read lasts (its calls are capped): the records of a read,
+# which may include any activity committed until the read ends, are kept this long after
+# its start (roads/rest.py).
+REST_READ_MARGIN = dt.timedelta(days=1)
 
 
 class DeliveredMemory:

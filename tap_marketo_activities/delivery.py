@@ -10,12 +10,12 @@ A window is half-open, [lower, upper). A row stamped before `lower` is never dro
 date: Marketo may commit an activity after later ones (a late Send Email, a backdated
 visit), and a read by commit time hands it over in a window after its date. It is delivered
 unless the memory of delivered activities (delivered.py) holds it, as is every row of the
-window: a re-read of the lookback delivers only what it did not deliver before. A row
-stamped at `upper` belongs to the next window (of this run, or of the next run, which starts
-at the bookmark `upper`), so no row is delivered by two windows, whatever a source's end
-bound includes; so does one stamped after it when there is no lookback. With the lookback's
-memory on, a row stamped after `upper` is delivered and remembered (a read by commit time
-may never return it again: a custom activity can carry a date after its commit).
+window: a re-read of the lookback delivers only what it did not deliver before. With no
+lookback, a row stamped at or after `upper` belongs to the next window (of this run, or of
+the next run, which starts at the bookmark `upper`), so no row is delivered by two windows,
+whatever a source's end bound includes. With the lookback's memory on, such a row is
+delivered and remembered (a read by commit time may never return it again: a custom
+activity can carry a date after its commit), and the window that covers its date skips it.
 """
 
 from __future__ import annotations
@@ -208,7 +208,8 @@ class RecordPath:
         return not self.feeds or any(feed.open for feed in self.feeds.values())
 
     def deliver(self, rows: Rows, streams: Mapping[RecordBuilder, ActivityStream],
-                window: Window, floors: Mapping[str, str] | None = None) -> Delivered:
+                window: Window, floors: Mapping[str, str] | None = None,
+                remember_until: str | None = None) -> Delivered:
         """Every row stamped before the window's end that the memory does not hold, to its
         stream, and remembered; the window's BATCH files flushed. Rows stamped at or after
         its end are the next window's; `floors`: streams sharing this read from an older
@@ -220,7 +221,8 @@ class RecordPath:
             feed.stream.extracted_at = dt.datetime.now(dt.timezone.utc)
         delivered = Delivered({})
         try:
-            self._deliver(iter(rows), feeds, window.upper, delivered)
+            self._deliver(iter(rows), feeds, window.upper, delivered,
+                          remember_until or window.upper)
         finally:
             for feed in feeds.values():
                 feed.stream.records_written += feed.records  # also of a window cut short
@@ -232,13 +234,12 @@ class RecordPath:
 
     def _deliver(self, rows: Iterator[tuple[RecordBuilder, dict[str, Any]]],
                  feeds: Mapping[RecordBuilder, StreamFeed], upper: str,
-                 out: Delivered) -> None:
+                 out: Delivered, tag: str) -> None:
         """The hot loop, counting into `out`. Resumed after --test's record limit closes a
-        stream, as the rows of the others go on."""
-        # Every record this window delivers is dated before `upper`: no read whose range
-        # ends at or after `upper` returns it again, so `upper` is its tag.
+        stream, as the rows of the others go on. `tag`: no read that starts after it can
+        return this window's records again (`upper` for an export window)."""
         after = self.remember_after
-        kept = self.memory.bucket(upper) if after is not None and upper > after else None
+        kept = self.memory.bucket(tag) if after is not None and upper > after else None
         while True:
             try:
                 self._rows(rows, feeds, upper, out, kept)
@@ -257,10 +258,11 @@ class RecordPath:
             feed = feeds[builder]
             stamp = record[REPLICATION_KEY]
             past_end = stamp >= upper
-            # Dated at the end: the next window's, whatever the reading. Dated after it and
-            # committed before (a custom activity's date): a read by commit time never
-            # returns it again, so it goes now, and is remembered.
-            if past_end and (stamp == upper or not memory_on):
+            # With the memory on, dated at or after the end and handed over anyway (a read
+            # by commit time: committed before the end, a custom activity's date): no later
+            # window returns it, so it goes now, and is remembered. Without, the next
+            # window's.
+            if past_end and not memory_on:
                 out.at_upper_edge += 1
                 continue
             if stamp < feed.floor:

@@ -45,6 +45,10 @@ class Lookback:
         # while the bookmark is still `bookmark_in`.
         self.bookmark_in: dict[str, str] = {}
         self.settled_in: dict[str, str] = {}
+        # A REST read that stopped short of its end: what lies before its edge was read up
+        # to where it stopped, and in commit order an activity dated before the edge may be
+        # committed after that point: `settled` stays a lookback before the edge.
+        self.caps: dict[str, str] = {}
         for stream in streams:
             bookmark = _instant(stream.stream_state.get(BOOKMARK))
             settled = _instant(stream.stream_state.get(SETTLED))
@@ -73,6 +77,12 @@ class Lookback:
         start, bookmark = self.read_from(stream), stream.high_edge()
         return bookmark - start if start and bookmark and bookmark > start else dt.timedelta()
 
+    def stopped_short(self, stream: ActivityStream, edge: str) -> None:
+        """The stream's read in this run stopped at `edge` before its end (an odd answer,
+        the call cap): nothing after `edge` minus the lookback is settled by this run."""
+        cap = isoformat(parse_instant("edge", edge) - dt.timedelta(hours=self.hours))
+        self.caps[stream.name] = min(cap, self.caps.get(stream.name, cap))
+
     def settle(self, streams: Iterable[ActivityStream], state: MutableMapping[str, Any]
                ) -> None:
         """Each stream's `settled` after what it has delivered so far; the memory pruned
@@ -90,16 +100,17 @@ class Lookback:
                     settled.append(old)
                 continue
             now = settled_after(old, bookmark, self.end, self.hours)
+            if stream.name in self.caps:
+                now = max(old, min(now, self.caps[stream.name]))
             stream.stream_state[SETTLED] = now
             settled.append(now)
         if settled:
             edge = min(settled)
             self.memory.prune(edge)
             _raise_lagging(state, edge)
-        if self.memory.buckets:
-            state[MEMORY_STATE_KEY] = self.memory.saved()
-        else:
-            state.pop(MEMORY_STATE_KEY, None)
+        # Written even when empty: a state whose streams have a `settled` but no memory
+        # beside it (dropped by a tool that keeps only bookmarks) re-reads nothing.
+        state[MEMORY_STATE_KEY] = self.memory.saved()
 
 
 def _raise_lagging(state: MutableMapping[str, Any], edge: str) -> None:
@@ -114,8 +125,11 @@ def _raise_lagging(state: MutableMapping[str, Any], edge: str) -> None:
 
 
 def _memory(state: Mapping[str, Any]) -> DeliveredMemory | None:
-    """The memory the state holds; None when it cannot be read (each stream is then
-    settled at its bookmark: nothing sent twice, late ones of the lookback not read)."""
+    """The memory the state holds; None when it is absent or cannot be read (each stream
+    is then settled at its bookmark: nothing sent twice, late ones of the lookback not
+    read once)."""
+    if MEMORY_STATE_KEY not in state:
+        return None
     try:
         return DeliveredMemory.from_state(state.get(MEMORY_STATE_KEY))
     except ValueError as exc:

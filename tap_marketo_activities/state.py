@@ -33,4 +33,4 @@ def plain(value: Any) -> Any:
 
 def our_part(state: Mapping[str, Any]) -> dict[str, Any]:
     """Our keys of a state as the SDK or a user handed it, in plain JSON values."""
-    return {key: plain(state[key]) for key in OUR_KEYS if state.get(key)}
+    return {key: plain(state[key]) for key in OUR_KEYS if state.get(key) is not None}

@@ -8,12 +8,14 @@ the instance's volume (calls per hour of range) goes into the budget, and so int
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from tap_marketo_activities.client import MarketoError
+from tap_marketo_activities.delivered import REST_READ_MARGIN
 from tap_marketo_activities.delivery import Delivered, Window
 from tap_marketo_activities.increments import CallBudget, RestRead
 from tap_marketo_activities.instants import isoformat
@@ -70,7 +72,7 @@ class RestRoad:
                   if read.floor(s.name) > read.start}
         try:
             delivered = self.ctx.path.deliver(routes.rows(rows()), routes.streams, window,
-                                              floors)
+                                              floors, remember_until=_remember_until(read))
         except (MarketoError, FileRejected) as exc:
             self.failure = exc
             logger.debug("Stopping in %s .. %s", window.lower, window.upper, exc_info=True)
@@ -138,6 +140,15 @@ def _checkpoint(ctx: Context, rest: RestRead, members: list[list[ActivityStream]
             if group.edge and read.direction != BACKWARD and not ctx.dry_run:
                 stream.reached(group.edge)
     ctx.checkpoint()
+
+
+def _remember_until(read: Read) -> str:
+    """Get Lead Activities pages on past the read's end (to the present) until a page lies
+    wholly after it: in commit order it hands over activities committed up to the time it
+    is read, dated before the end. A read from any later `settled` could return them, so
+    they are kept until REST_READ_MARGIN after now, not until the read's end."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return isoformat(max(read.end, now + REST_READ_MARGIN))
 
 
 def _what(read: Read) -> str:
