@@ -10,12 +10,12 @@ A window is half-open, [lower, upper). A row stamped before `lower` is never dro
 date: Marketo may commit an activity after later ones (a late Send Email, a backdated
 visit), and a read by commit time hands it over in a window after its date. It is delivered
 unless the memory of delivered activities (delivered.py) holds it, as is every row of the
-window: a re-read of the lookback delivers only what it did not deliver before. With no
-lookback, a row stamped at or after `upper` belongs to the next window (of this run, or of
-the next run, which starts at the bookmark `upper`), so no row is delivered by two windows,
-whatever a source's end bound includes. With the lookback's memory on, such a row is
-delivered and remembered (a read by commit time may never return it again: a custom
-activity can carry a date after its commit), and the window that covers its date skips it.
+window: a re-read of the lookback delivers only what it did not deliver before. A row
+stamped at `upper` belongs to the next window (of this run, or of the next run, which starts
+at the bookmark `upper`), so no row is delivered by two windows, whatever a source's end
+bound includes; so does one stamped after it when there is no lookback. With the lookback's
+memory on, a row stamped after `upper` is delivered and remembered (a read by commit time
+may never return it again: a custom activity can carry a date after its commit).
 """
 
 from __future__ import annotations
@@ -258,11 +258,11 @@ class RecordPath:
             feed = feeds[builder]
             stamp = record[REPLICATION_KEY]
             past_end = stamp >= upper
-            # With the memory on, dated at or after the end and handed over anyway (a read
-            # by commit time: committed before the end, a custom activity's date): no later
-            # window returns it, so it goes now, and is remembered. Without, the next
-            # window's.
-            if past_end and not memory_on:
+            # Dated at the end: the next window's, whatever the reading (an end_date is a
+            # promise: nothing at or after it). Dated after it and handed over anyway (a
+            # read by commit time, a custom activity's date): with the memory on it goes
+            # now, and is remembered, as no later window by commit time returns it.
+            if past_end and (stamp == upper or not memory_on):
                 out.at_upper_edge += 1
                 continue
             if stamp < feed.floor:

@@ -79,7 +79,10 @@ class Lookback:
 
     def stopped_short(self, stream: ActivityStream, edge: str) -> None:
         """The stream's read in this run stopped at `edge` before its end (an odd answer,
-        the call cap): nothing after `edge` minus the lookback is settled by this run."""
+        the call cap): nothing after `edge` minus the lookback is settled by this run.
+        Without a lookback nothing is remembered, so nothing may be read again."""
+        if not self.hours or self.remember_after is None:
+            return
         cap = isoformat(parse_instant("edge", edge) - dt.timedelta(hours=self.hours))
         self.caps[stream.name] = min(cap, self.caps.get(stream.name, cap))
 

@@ -175,7 +175,7 @@ def test_a_state_from_before_the_lookback_sends_nothing_again(tmp_path: Path) ->
         state = old.last_state
         for mark in state["bookmarks"].values():
             mark.pop("settled", None)  # as an older version wrote it
-        assert "marketo_delivered" not in state
+        state.pop("marketo_delivered")
         box.set_clock(second)
         run = run_tap(tmp_path / "1", settings(box, second), state)
         assert run.returncode == 0, run.stderr[-3000:]
