@@ -107,6 +107,7 @@ class OnePass:
                                  dry_run)
         self.path = RecordPath(batch_config, self._on_progress, self.lookback.memory,
                                self.lookback.remember_after)
+        self.path.run_end = isoformat(settings.end)
         ctx = Context(settings=settings, client=client, path=self.path,
                       checkpoint=self.write_state, dry_run=dry_run)
         self.ctx = ctx

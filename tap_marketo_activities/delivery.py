@@ -10,12 +10,13 @@ A window is half-open, [lower, upper). A row stamped before `lower` is never dro
 date: Marketo may commit an activity after later ones (a late Send Email, a backdated
 visit), and a read by commit time hands it over in a window after its date. It is delivered
 unless the memory of delivered activities (delivered.py) holds it, as is every row of the
-window: a re-read of the lookback delivers only what it did not deliver before. A row
-stamped at `upper` belongs to the next window (of this run, or of the next run, which starts
-at the bookmark `upper`), so no row is delivered by two windows, whatever a source's end
-bound includes; so does one stamped after it when there is no lookback. With the lookback's
-memory on, a row stamped after `upper` is delivered and remembered (a read by commit time
-may never return it again: a custom activity can carry a date after its commit).
+window: a re-read of the lookback delivers only what it did not deliver before. With no
+lookback, a row stamped at or after `upper` belongs to the next window (of this run, or of
+the next run, which starts at the bookmark `upper`), so no row is delivered by two windows,
+whatever a source's end bound includes. With the lookback's memory on, such a row is
+delivered and remembered (a read by commit time may never return it again: a custom
+activity can carry a date after its commit), except one stamped exactly at the run's end,
+which the next run's re-read brings.
 """
 
 from __future__ import annotations
@@ -193,6 +194,9 @@ class RecordPath:
         # remembered (a backfill costs the memory nothing). None: nothing is remembered
         # (no lookback: lookback_hours 0, or --test).
         self.remember_after = remember_after
+        # The run's end (end_date, or now): nothing dated at or after it is delivered by
+        # this run. None: no such bound (the tests of the record path alone).
+        self.run_end: str | None = None
         # (stream name, seconds) of every late activity of the run (lateness.late_line)
         self.late: list[tuple[str, float]] = []
 
@@ -253,16 +257,19 @@ class RecordPath:
               kept: list[str] | None) -> None:
         seen, late, on_progress = self.memory.seen, out.late, self.on_progress
         memory_on = self.remember_after is not None
+        # Dated exactly at the end of a window inside the run: with the memory on it goes
+        # now (a read by commit time may not return it in the next window; by date, the
+        # next window does, and the memory skips it). At the run's end: the next run's.
+        at_end_now = memory_on and (self.run_end is None or upper < self.run_end)
         count = 0
         for builder, record in rows:
             feed = feeds[builder]
             stamp = record[REPLICATION_KEY]
             past_end = stamp >= upper
-            # Dated at the end: the next window's, whatever the reading (an end_date is a
-            # promise: nothing at or after it). Dated after it and handed over anyway (a
-            # read by commit time, a custom activity's date): with the memory on it goes
-            # now, and is remembered, as no later window by commit time returns it.
-            if past_end and (stamp == upper or not memory_on):
+            # Dated after the end and handed over anyway (a read by commit time, a custom
+            # activity's date): with the memory on it goes now, and is remembered, as no
+            # later window by commit time returns it; without, the next window's.
+            if past_end and (not memory_on or (stamp == upper and not at_end_now)):
                 out.at_upper_edge += 1
                 continue
             if stamp < feed.floor:

@@ -59,7 +59,7 @@ def deliver(stream: ActivityStream, rows: list[tuple[str, str]], memory: Deliver
     # (guid, activityDate) handed over; GUIDs the memory held; GUIDs written; counts
     ([("1", LOWER), ("2", "2024-01-02T10:59:59Z")], [], ["1", "2"], 0, 0),
     ([("1", "2024-01-02T09:00:00Z")], [], ["1"], 0, 0),  # before the window: delivered
-    ([("1", UPPER)], [], [], 1, 0),  # the next window's
+    ([("1", UPPER)], [], ["1"], 0, 0),  # memory on, a window inside the run: now
     ([("1", LOWER), ("2", LOWER)], ["2"], ["1"], 0, 1),
     ([("1", "2024-01-01T00:00:00Z")], ["1"], [], 0, 1),  # late, and delivered before
     ([("1", LOWER), ("1", LOWER)], [], ["1"], 0, 1),  # twice in one read
@@ -78,10 +78,10 @@ def test_what_a_window_delivers(stream: ActivityStream, rows: list[tuple[str, st
 @pytest.mark.parametrize(("remember_after", "out", "tags"), [
     # memory on: dated after the end and committed before it (a custom activity's date),
     # a read by commit time never returns it again: delivered now, kept past its own date
-    ("", ["2"], {"2024-01-03T00:00:01Z"}),
+    ("", ["1", "2"], {"2024-01-02T11:00:01Z", "2024-01-03T00:00:01Z"}),
     (None, [], set()),  # no lookback: the next window's
 ])
-def test_a_row_dated_after_the_window_goes_now_only_with_the_memory(
+def test_a_row_dated_at_or_after_a_window_end_goes_now_only_with_the_memory(
         stream: ActivityStream, remember_after: str | None, out: list[str],
         tags: set[str]) -> None:
     memory = DeliveredMemory()
@@ -120,3 +120,17 @@ def test_late_rows_are_those_dated_before_the_bookmark_at_the_start_of_the_run(
     delivered = deliver(stream, rows, DeliveredMemory())
     assert stream.written == ["1", "2", "3"]  # type: ignore[attr-defined]
     assert delivered.late == late
+
+
+def test_a_row_dated_exactly_at_the_runs_end_is_the_next_runs(stream: ActivityStream) -> None:
+    """end_date promises nothing at or after it: even with the memory on, a row stamped at
+    the run's end waits for the next run, whose re-read of the lookback brings it."""
+    memory = DeliveredMemory()
+    path = RecordPath(None, memory=memory, remember_after="")
+    path.run_end = UPPER
+    builder = stream.builder()
+    delivered = path.deliver(((builder, row(g, d)) for g, d in
+                              [("1", UPPER), ("2", LOWER)]), {builder: stream}, WINDOW)
+    path.finish()
+    assert stream.written == ["2"]  # type: ignore[attr-defined]
+    assert delivered.at_upper_edge == 1 and "1" not in memory
