@@ -106,8 +106,7 @@ class OnePass:
         self.lookback = Lookback(state, self.streams, settings.end, settings.lookback_hours,
                                  dry_run)
         self.path = RecordPath(batch_config, self._on_progress, self.lookback.memory,
-                               self.lookback.remember_after)
-        self.path.run_end = isoformat(settings.end)
+                               self.lookback.remember_after, run_end=isoformat(settings.end))
         ctx = Context(settings=settings, client=client, path=self.path,
                       checkpoint=self.write_state, dry_run=dry_run)
         self.ctx = ctx
@@ -270,16 +269,10 @@ class OnePass:
                 if spans.get(n)]
         if not bulk:
             return ""
-        quota = ExportQuota(0, 0, self.state.get(SIZES_STATE_KEY))
-        streams = {s.name: s for s in self.streams}
-        total = 0.0
-        for name in bulk:
-            stream = streams[name]
-            size = quota.estimate([size_key(stream.type_id, stream.export_fields())],
-                                  spans[name].total_seconds())
-            if size is None:
-                return "in the first export window, size not learnt yet"
-            total += size
+        rates = day_bytes(self.streams, self.state, self.settings)
+        if any(name not in rates for name in bulk):
+            return "in the first export window, size not learnt yet"
+        total = sum(rates[name] * (spans[name] / dt.timedelta(days=1)) for name in bulk)
         return f"about {mb(total)} more in the first export window"
 
     def _budget_spent(self, reached: dt.datetime) -> None:

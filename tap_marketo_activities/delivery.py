@@ -184,7 +184,7 @@ class RecordPath:
     def __init__(self, batch_config: BatchConfig | None,
                  on_progress: Callable[[], None] = lambda: None,
                  memory: DeliveredMemory | None = None,
-                 remember_after: str | None = None) -> None:
+                 remember_after: str | None = None, run_end: str | None = None) -> None:
         self.batch_config = batch_config
         self.on_progress = on_progress  # called every PROGRESS_ROWS rows
         self.feeds: dict[str, StreamFeed] = {}
@@ -196,7 +196,7 @@ class RecordPath:
         self.remember_after = remember_after
         # The run's end (end_date, or now): nothing dated at or after it is delivered by
         # this run. None: no such bound (the tests of the record path alone).
-        self.run_end: str | None = None
+        self.run_end = run_end
         # (stream name, seconds) of every late activity of the run (lateness.late_line)
         self.late: list[tuple[str, float]] = []
 

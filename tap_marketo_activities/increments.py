@@ -295,6 +295,18 @@ def sift(page: Page, types: tuple[int, ...], seen: set[str], end: str) -> Sifted
     return Sifted(fresh, repeated, unasked, not page.more or beyond)
 
 
+def report_skipped(problems: Problems, sifted: Sifted, row: int) -> int:
+    """Each activity a sift skipped (seen before, of a type not asked for), reported as a
+    problem at the rows that follow `row`; the last row number."""
+    for guid in sifted.repeated:
+        row += 1
+        problems.report(REPEATED, row, f"marketoGUID {guid}", limit=1)
+    for type_id in sifted.unasked:
+        row += 1
+        problems.report(UNASKED_TYPE, row, f"type {type_id}", limit=1)
+    return row
+
+
 def complete(group: GroupProgress, fresh: list[dict[str, Any]], ended: bool, start: str,
              end: str) -> list[dict[str, Any]]:
     """The activities now known complete, in time order: all before the newest second seen
@@ -378,12 +390,7 @@ class RestRead:
                        "with this line.", group.types, edge)
 
     def _take(self, group: GroupProgress, sifted: Sifted) -> list[dict[str, Any]]:
-        for guid in sifted.repeated:
-            self._rows += 1
-            self.problems.report(REPEATED, self._rows, f"marketoGUID {guid}", limit=1)
-        for type_id in sifted.unasked:
-            self._rows += 1
-            self.problems.report(UNASKED_TYPE, self._rows, f"type {type_id}", limit=1)
+        self._rows = report_skipped(self.problems, sifted, self._rows)
         return complete(group, sifted.fresh, sifted.ended, isoformat(self.start), self.end)
 
     def _spend(self, number: int) -> None:

@@ -126,8 +126,7 @@ def test_a_row_dated_exactly_at_the_runs_end_is_the_next_runs(stream: ActivitySt
     """end_date promises nothing at or after it: even with the memory on, a row stamped at
     the run's end waits for the next run, whose re-read of the lookback brings it."""
     memory = DeliveredMemory()
-    path = RecordPath(None, memory=memory, remember_after="")
-    path.run_end = UPPER
+    path = RecordPath(None, memory=memory, remember_after="", run_end=UPPER)
     builder = stream.builder()
     delivered = path.deliver(((builder, row(g, d)) for g, d in
                               [("1", UPPER), ("2", LOWER)]), {builder: stream}, WINDOW)

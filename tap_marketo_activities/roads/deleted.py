@@ -14,9 +14,9 @@ from typing import Any
 
 from tap_marketo_activities.client import StillOdd
 from tap_marketo_activities.delivery import Window
-from tap_marketo_activities.increments import REPEATED, sift
+from tap_marketo_activities.increments import report_skipped, sift
 from tap_marketo_activities.instants import isoformat
-from tap_marketo_activities.records import UNASKED_TYPE, Problems
+from tap_marketo_activities.records import Problems
 from tap_marketo_activities.rest import ODD_TRIES, deleted_leads
 from tap_marketo_activities.retention import KEPT_DAYS
 from tap_marketo_activities.roads import Context
@@ -54,13 +54,11 @@ def read_deleted_leads(ctx: Context, stream: ActivityStream) -> None:
 
 def _activities(ctx: Context, window: Window, problems: Problems) -> Iterator[dict[str, Any]]:
     seen: set[str] = set()
+    row = 0
     try:
         for page in deleted_leads(ctx.client, window.start):
             sifted = sift(page, (DELETE_LEAD_TYPE_ID,), seen, window.upper)
-            for guid in sifted.repeated:
-                problems.report(REPEATED, len(seen), f"marketoGUID {guid}", limit=1)
-            for type_id in sifted.unasked:
-                problems.report(UNASKED_TYPE, len(seen), f"type {type_id}", limit=1)
+            row = report_skipped(problems, sifted, row + len(sifted.fresh))
             yield from sifted.fresh
             if sifted.ended:
                 return
